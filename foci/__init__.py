@@ -1,0 +1,3 @@
+"""Foci: an offline SDXL image generator that reproduces Fooocus."""
+
+__version__ = "0.1.0"
