@@ -1,0 +1,418 @@
+"""Text-to-image with Fooocus's recipe: the ``Engine`` that the CLI, API and UI call.
+
+    from foci import Engine, GenerationTask
+    engine = Engine(models_dir="models", output_dir="outputs")
+    images = engine.generate(GenerationTask(prompt="a cat", base_model="my_sdxl.safetensors", seed=1))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from foci import __version__
+from foci.devices import DevicePlan, is_out_of_memory, plan_devices
+from foci.guidance.adm import refiner_time_ids, sdxl_size_time_ids
+from foci.guidance.freeu import FreeU
+from foci.guidance.sag import SelfAttentionGuidance
+from foci.guided import BranchConditioning, DenoiseStage, GuidanceSettings, GuidedDenoiser
+from foci.hashing import short_hash
+from foci.metadata import ImageRecord
+from foci.models.checkpoint import SDXLComponents, load_checkpoint
+from foci.outputs import new_output_path, save_image
+from foci.prompts import PromptPlan, assemble_prompts
+from foci.sampling.model_sampling import ModelSampling, select_model_sampling
+from foci.sampling.noise import NoiseSource
+from foci.sampling.samplers import StepInfo, run_sampler
+from foci.sampling.schedulers import compute_sigmas
+from foci.task import GenerationTask
+from foci.text.encoder import EncodedPrompt, PromptEncoder
+from foci.text.embeddings import EmbeddingLookup
+from foci.text.tokenizers import load_sdxl_tokenizers
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+REFINER_AESTHETIC_POSITIVE = 6.0
+REFINER_AESTHETIC_NEGATIVE = 2.5
+
+
+class GenerationError(RuntimeError):
+    """A problem the user can act on (missing model, NaN output, …); its message is meant to be shown."""
+
+
+class GenerationInterrupted(Exception):
+    """Raised from the step callback when the caller asks to stop or skip."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
+
+
+@dataclass
+class ProgressEvent:
+    """One sampling step of one image."""
+
+    image_index: int
+    image_count: int
+    step: int
+    total_steps: int
+    percent: float
+    denoised: torch.Tensor | None = None
+
+
+@dataclass
+class GeneratedImage:
+    """One finished image with everything needed to reproduce it."""
+
+    image: Image.Image
+    seed: int
+    record: ImageRecord
+    path: Path | None
+    latent: torch.Tensor  # final latent in VAE space, float32, CPU
+
+
+@dataclass
+class _LoadedModel:
+    components: SDXLComponents
+    path: Path
+    vae_path: Path | None
+    key: tuple = ()
+    encoder: PromptEncoder | None = None
+    hash: str = ""
+
+
+@dataclass
+class _ImagePlan:
+    seed: int
+    prompts: PromptPlan
+    positive: EncodedPrompt
+    negative: EncodedPrompt
+    empty: EncodedPrompt | None = None
+
+
+def find_model_file(name: str, folders: list[Path], what: str = "checkpoint") -> Path:
+    """Resolve a model given as a path, a file name or a stem inside ``folders`` (searched recursively)."""
+    candidate = Path(name).expanduser()
+    if candidate.is_file() or candidate.is_dir():
+        return candidate
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and name in (path.name, path.stem):
+                return path
+            if path.is_dir() and path.name == name and (path / "unet").is_dir():
+                return path
+    searched = ", ".join(str(f) for f in folders) or "(no folders)"
+    raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {searched})")
+
+
+def _pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
+    """[3,H,W] in 0…1 → 8-bit image, truncating like Fooocus's ``astype(uint8)``."""
+    array = np.clip(255.0 * pixels.permute(1, 2, 0).float().cpu().numpy(), 0, 255).astype(np.uint8)
+    return Image.fromarray(array)
+
+
+@dataclass
+class Engine:
+    """Loads models on demand and runs generation tasks. One engine per device; not thread-safe."""
+
+    models_dir: Path = Path("models")
+    output_dir: Path = Path("outputs")
+    device: str = "auto"
+    precision: str = "auto"
+    _loaded: dict[str, _LoadedModel] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.models_dir = Path(self.models_dir)
+        self.output_dir = Path(self.output_dir)
+
+    # ----------------------------------------------------------------------------------------- models
+    def plan(self, task: GenerationTask | None = None) -> DevicePlan:
+        """Device and dtypes for a task (its own precision wins over the engine's)."""
+        precision = task.precision if task is not None and task.precision != "auto" else self.precision
+        return plan_devices(self.device, precision)
+
+    def checkpoint_folders(self) -> list[Path]:
+        return [self.models_dir / "checkpoints"]
+
+    def _load(self, role: str, model: str, vae: str | None, plan: DevicePlan) -> _LoadedModel:
+        path = find_model_file(model, self.checkpoint_folders())
+        vae_path = find_model_file(vae, [self.models_dir / "vae"], "VAE") if vae else None
+        cached = self._loaded.get(role)
+        key = (path.resolve(), vae_path.resolve() if vae_path else None, plan)
+        if cached is not None and cached.key == key:
+            return cached
+        self._loaded.pop(role, None)  # free the previous model before loading the next
+        components = load_checkpoint(path, device=plan.device, dtype=plan.unet_dtype, vae_path=vae_path)
+        if components.vae is not None:
+            components.vae.to(dtype=plan.vae_dtype, memory_format=torch.channels_last)
+        for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+            if module is not None:
+                module.eval().requires_grad_(False)
+        loaded = _LoadedModel(components, path, vae_path, key)
+        loaded.hash = short_hash(path) if path.is_file() else ""
+        self._loaded[role] = loaded
+        return loaded
+
+    def _encoder(self, loaded: _LoadedModel, clip_skip: int) -> PromptEncoder:
+        parts = loaded.components
+        if parts.text_encoder is None or parts.text_encoder_2 is None:
+            raise GenerationError(f"{loaded.path.name} has no text encoders: it cannot be the base model")
+        if loaded.encoder is None:
+            tokenizer_l, tokenizer_g = load_sdxl_tokenizers(loaded.path if loaded.path.is_dir() else None)
+            embeddings = EmbeddingLookup([self.models_dir / "embeddings"])
+            loaded.encoder = PromptEncoder(parts.text_encoder, parts.text_encoder_2, tokenizer_l, tokenizer_g,
+                                           clip_skip=clip_skip, embeddings=embeddings)
+        loaded.encoder.clip_skip = clip_skip
+        return loaded.encoder
+
+    # ------------------------------------------------------------------------------------ generation
+    def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
+                 interrupt: Callable[[], str | None] | None = None, debug_dump: Path | None = None,
+                 save: bool = True) -> list[GeneratedImage]:
+        """Run one task: ``image_number`` images with seeds seed, seed+1, … (§2.23).
+
+        ``interrupt()`` is polled every step; returning ``"skip"`` abandons the current image, ``"stop"`` the
+        whole task. ``debug_dump`` writes the tensors a bug report needs (see README).
+        """
+        plan = self.plan(task)
+        if not task.base_model:
+            task = task.model_copy(update={"base_model": self._default_model_name()})
+        width, height = task.size
+        with torch.inference_mode():
+            base = self._load("base", task.base_model, task.vae, plan)
+            refiner = None
+            if task.refiner_model and task.refiner_model not in ("None", task.base_model):
+                refiner = self._load("refiner", task.refiner_model, None, plan)
+                if refiner.path.resolve() == base.path.resolve():
+                    refiner = None
+            encoder = self._encoder(base, task.clip_skip)
+            images_plan = [self._plan_image(task, encoder, seed) for seed in task.image_seeds()]
+            results: list[GeneratedImage] = []
+            for index, image_plan in enumerate(images_plan):
+                if interrupt is not None and interrupt() == "stop":
+                    break
+                dump = None
+                if debug_dump is not None:
+                    dump = Path(debug_dump) if index == 0 else Path(debug_dump) / f"image-{index}"
+                try:
+                    result = self._generate_one(task, plan, base, refiner, image_plan, index,
+                                                (width, height), on_progress, interrupt, dump, save)
+                except GenerationInterrupted as stop:
+                    if stop.action == "skip":
+                        continue
+                    break
+                results.append(result)
+        return results
+
+    def _default_model_name(self) -> str:
+        for folder in self.checkpoint_folders():
+            if folder.is_dir():
+                files = sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES)
+                if files:
+                    return str(files[0])
+        raise GenerationError(
+            f"no checkpoint given and none found in {self.models_dir / 'checkpoints'}: pass --model FILE "
+            "(any SDXL .safetensors) or create a test one with `foci dev make-checkpoint --tiny FILE`")
+
+    def _plan_image(self, task: GenerationTask, encoder: PromptEncoder, seed: int) -> _ImagePlan:
+        prompts = assemble_prompts(task.prompt, task.negative_prompt)
+        positive = encoder.encode(prompts.positive, prompts.positive_top_k)
+        if math.isclose(task.guidance_scale, 1.0):
+            negative = EncodedPrompt(positive.cond.clone(), positive.pooled.clone())
+        else:
+            negative = encoder.encode(prompts.negative, prompts.negative_top_k)
+        empty = encoder.encode([""], 1) if task.perp_neg_scale > 0 else None
+        return _ImagePlan(seed, prompts, positive, negative, empty)
+
+    def _base_stage(self, task: GenerationTask, base: _LoadedModel, sampling: ModelSampling, image: _ImagePlan,
+                    size: tuple[int, int], device: torch.device) -> DenoiseStage:
+        width, height = size
+
+        def branch(encoded: EncodedPrompt, scale: float) -> BranchConditioning:
+            emphasized, consistent = sdxl_size_time_ids(width, height, scale=scale)
+            return BranchConditioning(
+                cond=encoded.cond.to(device), pooled=encoded.pooled.to(device),
+                time_ids=torch.tensor([emphasized], dtype=torch.float32, device=device),
+                time_ids_late=torch.tensor([consistent], dtype=torch.float32, device=device))
+
+        empty = branch(image.empty, 1.0) if image.empty is not None else None
+        return DenoiseStage(base.components.unet, sampling,
+                            branch(image.positive, task.adm_scaler_positive),
+                            branch(image.negative, task.adm_scaler_negative), empty, name="base")
+
+    def _refiner_stage(self, refiner: _LoadedModel, sampling: ModelSampling, image: _ImagePlan,
+                       size: tuple[int, int], device: torch.device) -> DenoiseStage:
+        """Refiner conditioning (§2.10): SDXL refiner → CLIP-G slice + pooled with aesthetic scores;
+        another SDXL model → the full conds with neutral size conditioning."""
+        width, height = size
+        unet = refiner.components.unet
+        is_refiner = refiner.components.info.kind == "sdxl_refiner"
+        context_dim = unet.config.cross_attention_dim
+
+        def branch(encoded: EncodedPrompt, score: float) -> BranchConditioning:
+            cond = encoded.cond[..., -context_dim:] if is_refiner else encoded.cond
+            ids = (refiner_time_ids(width, height, aesthetic_score=score) if is_refiner
+                   else sdxl_size_time_ids(width, height, scale=1.0)[1])
+            return BranchConditioning(cond=cond.to(device), pooled=encoded.pooled.to(device),
+                                      time_ids=torch.tensor([ids], dtype=torch.float32, device=device))
+
+        return DenoiseStage(unet, sampling, branch(image.positive, REFINER_AESTHETIC_POSITIVE),
+                            branch(image.negative, REFINER_AESTHETIC_NEGATIVE), name="refiner")
+
+    def _generate_one(self, task: GenerationTask, plan: DevicePlan, base: _LoadedModel,
+                      refiner: _LoadedModel | None, image: _ImagePlan, index: int, size: tuple[int, int],
+                      on_progress: Callable[[ProgressEvent], None] | None,
+                      interrupt: Callable[[], str | None] | None, dump: Path | None,
+                      save: bool) -> GeneratedImage:
+        device = plan.device
+        width, height = size
+        info = base.components.info
+        steps = task.effective_steps
+        sampling, scheduler = select_model_sampling(task.scheduler, info.prediction)
+        sigmas = compute_sigmas(sampling, scheduler, steps, sampler=task.sampler).to(device)
+        total_steps = len(sigmas) - 1
+        switch = task.switch_step
+
+        # §2.5: zero latent, CPU float32 noise from the image seed, one Brownian tree per image.
+        latent_shape = (1, base.components.unet.config.in_channels, height // 8, width // 8)
+        generator = torch.Generator("cpu").manual_seed(image.seed)
+        initial_noise = torch.randn(latent_shape, dtype=torch.float32, generator=generator, device="cpu")
+        if device.type != "cpu":
+            generator = torch.Generator(device).manual_seed(image.seed)
+        latent = info.latent_format.to_unet(torch.zeros(latent_shape)).to(device)
+        positive_sigmas = sigmas[sigmas > 0]
+        noise = NoiseSource(latent, seed=image.seed, sigma_min=float(positive_sigmas.min()),
+                            sigma_max=float(sigmas.max()), generator=generator)
+
+        settings = GuidanceSettings(cfg_scale=task.guidance_scale, sharpness=task.sharpness,
+                                    mimic_scale=task.adaptive_cfg, adm_scaler_end=task.adm_scaler_end,
+                                    perp_neg_scale=task.perp_neg_scale)
+        base_stage = self._base_stage(task, base, sampling, image, size, device)
+        refiner_stage = (self._refiner_stage(refiner, sampling, image, size, device)
+                         if refiner is not None else None)
+        sag = SelfAttentionGuidance(base.components.unet, scale=task.sag_scale) if task.sag_scale > 0 else None
+        denoiser = GuidedDenoiser(base_stage, settings, sag)
+
+        def progress(step: int, denoised: torch.Tensor | None) -> None:
+            if interrupt is not None and (action := interrupt()) in ("skip", "stop"):
+                raise GenerationInterrupted(action)
+            if on_progress is not None:
+                done = index * total_steps + step + 1
+                on_progress(ProgressEvent(index, task.image_number, step + 1, total_steps,
+                                          100.0 * done / (total_steps * task.image_number), denoised))
+
+        def joint_callback(info_step: StepInfo) -> None:
+            if refiner_stage is not None and info_step.index == switch:
+                denoiser.stage = refiner_stage  # after the model call of step `switch` (§2.10, §2.25.6)
+            progress(info_step.index, info_step.denoised)
+
+        freeu = None
+        if task.freeu.enabled:
+            freeu = FreeU(base.components.unet, b1=task.freeu.b1, b2=task.freeu.b2, s1=task.freeu.s1,
+                          s2=task.freeu.s2)
+            freeu.attach()
+        if sag is not None:
+            sag.attach()
+        try:
+            x = self._initial_x(initial_noise.to(device), latent, sigmas, sampling)
+            if task.refiner_swap_method == "separate" and switch < total_steps:
+                x = run_sampler(task.sampler, denoiser, x, sigmas[: switch + 1], noise,
+                                lambda s: progress(s.index, s.denoised))
+                x = info.latent_format.to_unet(info.latent_format.to_vae(x))
+                if refiner_stage is not None:
+                    denoiser.stage = refiner_stage
+                x = run_sampler(task.sampler, denoiser, x, sigmas[switch:], noise,
+                                lambda s: progress(s.index + switch, s.denoised))
+            else:
+                x = run_sampler(task.sampler, denoiser, x, sigmas, noise, joint_callback)
+        finally:
+            if freeu is not None:
+                freeu.detach()
+            if sag is not None:
+                sag.detach()
+        if not torch.isfinite(x).all():
+            raise GenerationError(
+                "sampling produced NaN/inf values (the model or precision is unstable on this device); "
+                "try --precision fp32")
+        final_latent = info.latent_format.to_vae(x).float().cpu()
+        pixels = self._decode(base, final_latent, plan)
+        if not torch.isfinite(pixels).all():
+            raise GenerationError("the VAE produced NaN/inf values; try --precision fp32 or another VAE")
+        picture = _pixels_to_pil(pixels[0])
+
+        record = self._record(task, base, refiner, image, size, plan)
+        path = None
+        if save:
+            path = save_image(picture, new_output_path(self.output_dir, task.output_format),
+                              record=record if task.save_metadata else None, scheme=task.metadata_scheme)
+        if dump is not None:
+            self._dump(dump, task, image, initial_noise, sigmas, final_latent, record, scheduler)
+        return GeneratedImage(picture, image.seed, record, path, final_latent)
+
+    @staticmethod
+    def _initial_x(noise: torch.Tensor, latent: torch.Tensor, sigmas: torch.Tensor,
+                   sampling: ModelSampling) -> torch.Tensor:
+        """ComfyUI's convention (§2.5): full noise gets sqrt(1 + σ0²), partial denoise σ0."""
+        sigma0 = float(sigmas[0])
+        full = math.isclose(sampling.sigma_max, sigma0, rel_tol=1e-5) or sigma0 > sampling.sigma_max
+        scaled = noise * (torch.sqrt(1.0 + sigmas[0] ** 2.0) if full else sigmas[0])
+        return scaled + latent
+
+    def _decode(self, loaded: _LoadedModel, latent: torch.Tensor, plan: DevicePlan) -> torch.Tensor:
+        """VAE decode in channels_last; falls back to tiles when memory runs out (§2.20)."""
+        vae = loaded.components.vae
+        if vae is None:
+            raise GenerationError(f"{loaded.path.name} has no VAE; pass a VAE file with --vae")
+        sample = latent.to(plan.device, dtype=plan.vae_dtype).contiguous(memory_format=torch.channels_last)
+        try:
+            decoded = vae.decode(sample, return_dict=False)[0]
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            decoded = vae.tiled_decode(sample, return_dict=False)[0]
+        return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+
+    def _record(self, task: GenerationTask, base: _LoadedModel, refiner: _LoadedModel | None,
+                image: _ImagePlan, size: tuple[int, int], plan: DevicePlan) -> ImageRecord:
+        return ImageRecord(
+            task=task, seed=image.seed, width=size[0], height=size[1],
+            positive_items=list(image.prompts.positive), negative_items=list(image.prompts.negative),
+            prompt_expansion=image.prompts.expansion,
+            base_model_name=base.path.name, base_model_hash=base.hash,
+            refiner_model_name=refiner.path.name if refiner else None,
+            refiner_model_hash=refiner.hash if refiner else "",
+            vae_name=base.vae_path.name if base.vae_path else None,
+            software=f"Foci {__version__}", device=plan.describe())
+
+    @staticmethod
+    def _dump(folder: Path, task: GenerationTask, image: _ImagePlan, initial_noise: torch.Tensor,
+              sigmas: torch.Tensor, final_latent: torch.Tensor, record: ImageRecord, scheduler: str) -> None:
+        """Write the tensors that let a user prove "same seed, different image" (issue Core, item 7)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        arrays = {
+            "initial_noise": initial_noise, "sigmas": sigmas,
+            "cond_positive": image.positive.cond, "pooled_positive": image.positive.pooled,
+            "cond_negative": image.negative.cond, "pooled_negative": image.negative.pooled,
+            "final_latent": final_latent,
+        }
+        for name, tensor in arrays.items():
+            np.save(folder / f"{name}.npy", tensor.detach().float().cpu().numpy())
+        prompts = {"positive": image.prompts.positive, "negative": image.prompts.negative,
+                   "positive_top_k": image.prompts.positive_top_k,
+                   "negative_top_k": image.prompts.negative_top_k, "expansion": image.prompts.expansion}
+        (folder / "prompts.json").write_text(json.dumps(prompts, indent=2, ensure_ascii=False))
+        settings = {"task": task.model_dump(mode="json"), "seed": image.seed, "width": record.width,
+                    "height": record.height, "effective_scheduler": scheduler, "device": record.device,
+                    "software": record.software, "base_model": record.base_model_name,
+                    "base_model_hash": record.base_model_hash}
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2, ensure_ascii=False))

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny synthetic SDXL checkpoints written once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder holding a tiny base and a tiny refiner checkpoint in the original SDXL layout."""
+    from foci.models.synthetic import write_checkpoint
+
+    root = tmp_path_factory.mktemp("models")
+    checkpoints = root / "checkpoints"
+    checkpoints.mkdir()
+    write_checkpoint(checkpoints / "tiny-base.safetensors", size="tiny", kind="base", seed=0)
+    write_checkpoint(checkpoints / "tiny-refiner.safetensors", size="tiny", kind="refiner", seed=1)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir / "checkpoints" / "tiny-base.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_refiner(tiny_models_dir: Path) -> Path:
+    return tiny_models_dir / "checkpoints" / "tiny-refiner.safetensors"
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One CPU fp32 engine shared by the end-to-end tests (models stay loaded between tests)."""
+    from foci.pipeline import Engine
+
+    return Engine(models_dir=tiny_models_dir, output_dir=tmp_path_factory.mktemp("outputs"), device="cpu",
+                  precision="fp32")
