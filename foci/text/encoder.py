@@ -103,8 +103,10 @@ def apply_token_weights(z: torch.Tensor, z_empty: torch.Tensor, weights: Sequenc
 class PromptEncoder:
     """Encodes prompt items with the two SDXL text encoders exactly like Fooocus (§2.4).
 
-    Results of :meth:`encode_item` are cached by exact text and returned as the same tensor objects: treat
-    them as read-only. Outputs stay on the encoders' device, in float32.
+    Both sides are tokenized with ``tokenizer`` (CLIP-L); ``tokenizer_2`` is kept for reference only, because
+    the usual CLIP-G tokenizer turns "!" into its pad token. Results of :meth:`encode_item` are cached by
+    exact text and returned as the same tensor objects: treat them as read-only. Outputs stay on the encoders'
+    device, in float32.
     """
 
     def __init__(self, text_encoder: CLIPTextModel, text_encoder_2: CLIPTextModelWithProjection,
@@ -204,7 +206,9 @@ class PromptEncoder:
                 return cached
             cond_l, _ = self._encode_side(self.text_encoder, self.tokenizer, text, encoder_key="clip_l",
                                           pad_id=None)
-            cond_g, pooled_g = self._encode_side(self.text_encoder_2, self.tokenizer_2, text,
+            # Words are split with the CLIP-L tokenizer on both sides, like Fooocus: the vocabularies are the
+            # same, but a CLIP-G tokenizer treats its pad token "!" as special and would change those ids.
+            cond_g, pooled_g = self._encode_side(self.text_encoder_2, self.tokenizer, text,
                                                  encoder_key="clip_g", pad_id=CLIP_G_PAD_ID)
             if cond_l.shape[1] != cond_g.shape[1]:
                 raise ValueError(f"CLIP-L and CLIP-G produced different token counts for {text!r} "
