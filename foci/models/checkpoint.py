@@ -14,7 +14,6 @@ import math
 import pickle
 import re
 import struct
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,20 +171,7 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
         else:
             reason = "it is not a plain PyTorch weights pickle"
         raise CheckpointError(f"{path}: not loaded: {reason} ({detail[:160]})") from exc
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        zipfile.BadZipFile,
-        struct.error,
-        AttributeError,
-        ImportError,
-        KeyError,
-        TypeError,
-        IndexError,
-        UnicodeDecodeError,
-    ) as exc:
+    except Exception as exc:  # any failure to parse the file is reported as a bad checkpoint
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
@@ -701,8 +687,9 @@ def load_checkpoint(
     if path.is_dir():
         components = _load_diffusers_folder(path, device=device, dtype=dtype, skip_vae=vae_path is not None)
     else:
-        shapes = read_tensor_shapes(path)
-        detect_architecture(shapes, str(path))  # fail fast, before any tensor data is read
+        _check_file(path)
+        if _file_kind(path) == "safetensors":
+            detect_architecture(read_tensor_shapes(path), str(path))  # fail fast, before reading tensor data
         tensors = _read_tensors(path, _WANTED_PREFIXES)
         components = components_from_state_dict(
             tensors, path, device=device, dtype=dtype, skip_vae=vae_path is not None
