@@ -647,7 +647,9 @@ def sample_tcd(
         x = denoised
         if gamma > 0 and sigmas[i + 1] > 0:
             fresh = noise.gaussian(x)
-            renoise = (sigmas[i + 1] ** 2 + 1 - 1 / alpha_prod_s[i + 1]).sqrt()
+            # Clamped: when sigma_next is the table's sigma_min the difference is ±rounding and the
+            # reference takes the square root of a tiny negative number (NaN). Identical otherwise.
+            renoise = (sigmas[i + 1] ** 2 + 1 - 1 / alpha_prod_s[i + 1]).clamp(min=0).sqrt()
             x = x / alpha_prod_s[i + 1].sqrt() + fresh * renoise
         else:
             x = x * torch.sqrt(1.0 + sigmas[i + 1] ** 2)
