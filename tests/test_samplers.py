@@ -18,6 +18,7 @@ from foci.sampling.model_sampling import DiscreteSampling, ModelSampling, select
 from foci.sampling.noise import NoiseSource
 from foci.sampling.samplers import (
     SAMPLER_NAMES,
+    Denoiser,
     StepInfo,
     _lms_coefficient,
     ancestral_step,
@@ -169,7 +170,7 @@ def test_all_sde_variants_share_the_same_noise() -> None:
         assert torch.equal(outs[0], outs[1])
 
 
-def fake_denoiser(sampling: ModelSampling):  # noqa: ANN201 - test helper
+def fake_denoiser(sampling: ModelSampling) -> Denoiser:
     """A deterministic stand-in for UNet + preconditioning that depends on input and timestep."""
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
