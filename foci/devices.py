@@ -71,10 +71,8 @@ def plan_devices(device: str = "auto", precision: str = "auto") -> DevicePlan:
         dtype = torch.float16 if precision == "auto" else _DTYPES[precision]
         vae_dtype = torch.float32 if dtype == torch.float16 else dtype
         return DevicePlan(torch.device("mps"), dtype, dtype, vae_dtype)
-    if precision == "auto":
-        dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
-    else:
-        dtype = _DTYPES[precision]
+    native = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    dtype = native if precision == "auto" else _DTYPES[precision]
     return DevicePlan(torch.device("cpu"), dtype, dtype, dtype)
 
 

@@ -33,8 +33,8 @@ from foci.sampling.noise import NoiseSource
 from foci.sampling.samplers import StepInfo, run_sampler
 from foci.sampling.schedulers import compute_sigmas
 from foci.task import GenerationTask
-from foci.text.encoder import EncodedPrompt, PromptEncoder
 from foci.text.embeddings import EmbeddingLookup
+from foci.text.encoder import EncodedPrompt, PromptEncoder
 from foci.text.tokenizers import load_sdxl_tokenizers
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -301,18 +301,19 @@ class Engine:
         sag = SelfAttentionGuidance(base.components.unet, scale=task.sag_scale) if task.sag_scale > 0 else None
         denoiser = GuidedDenoiser(base_stage, settings, sag)
 
-        def progress(step: int, denoised: torch.Tensor | None) -> None:
+        def progress(step: StepInfo, offset: int = 0, total: int | None = None) -> None:
             if interrupt is not None and (action := interrupt()) in ("skip", "stop"):
                 raise GenerationInterrupted(action)
             if on_progress is not None:
-                done = index * total_steps + step + 1
-                on_progress(ProgressEvent(index, task.image_number, step + 1, total_steps,
-                                          100.0 * done / (total_steps * task.image_number), denoised))
+                count = total if total is not None else step.total
+                done = index * count + offset + step.index + 1
+                on_progress(ProgressEvent(index, task.image_number, offset + step.index + 1, count,
+                                          100.0 * done / (count * task.image_number), step.denoised))
 
-        def joint_callback(info_step: StepInfo) -> None:
-            if refiner_stage is not None and info_step.index == switch:
+        def joint_callback(step: StepInfo) -> None:
+            if refiner_stage is not None and step.index == switch:
                 denoiser.stage = refiner_stage  # after the model call of step `switch` (§2.10, §2.25.6)
-            progress(info_step.index, info_step.denoised)
+            progress(step)
 
         freeu = None
         if task.freeu.enabled:
@@ -325,14 +326,14 @@ class Engine:
             x = self._initial_x(initial_noise.to(device), latent, sigmas, sampling)
             if task.refiner_swap_method == "separate" and switch < total_steps:
                 x = run_sampler(task.sampler, denoiser, x, sigmas[: switch + 1], noise,
-                                lambda s: progress(s.index, s.denoised))
+                                lambda step: progress(step, 0, total_steps), model_sampling=sampling)
                 x = info.latent_format.to_unet(info.latent_format.to_vae(x))
                 if refiner_stage is not None:
                     denoiser.stage = refiner_stage
                 x = run_sampler(task.sampler, denoiser, x, sigmas[switch:], noise,
-                                lambda s: progress(s.index + switch, s.denoised))
+                                lambda step: progress(step, switch, total_steps), model_sampling=sampling)
             else:
-                x = run_sampler(task.sampler, denoiser, x, sigmas, noise, joint_callback)
+                x = run_sampler(task.sampler, denoiser, x, sigmas, noise, joint_callback, model_sampling=sampling)
         finally:
             if freeu is not None:
                 freeu.detach()

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import save_file
 import torch
+from safetensors.torch import save_file
 
 from foci.cli import main
 
