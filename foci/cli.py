@@ -105,8 +105,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         if event.step == event.total_steps:
             bar.close()
 
-    print(f"seed {task.seed}, {task.size[0]}x{task.size[1]}, {task.sampler}/{task.scheduler}, "
-          f"{task.effective_steps} steps, {engine.plan(task).describe()}", file=sys.stderr)
+    if not args.quiet:
+        print(f"seed {task.seed}, {task.size[0]}x{task.size[1]}, {task.sampler}/{task.scheduler}, "
+              f"{task.effective_steps} steps, {engine.plan(task).describe()}", file=sys.stderr)
     results = engine.generate(task, on_progress=on_progress,
                               debug_dump=Path(args.debug_dump) if args.debug_dump else None)
     for result in results:
