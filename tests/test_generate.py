@@ -148,3 +148,51 @@ def test_debug_dump(engine: Engine, tiny_checkpoint: Path, tmp_path: Path) -> No
 def test_missing_model_is_a_clear_error(engine: Engine) -> None:
     with pytest.raises(GenerationError, match="not found"):
         engine.generate(GenerationTask(prompt="a cat", base_model="nope.safetensors", aspect_ratio="64*64"))
+
+
+@pytest.mark.parametrize(("extra_keys", "prediction"), [
+    ({"v_pred": torch.zeros(())}, "v"),
+    ({"edm_mean": torch.zeros(1, 4, 1, 1), "edm_std": torch.ones(1, 4, 1, 1)}, "edm"),
+])
+def test_v_prediction_and_playground_edm_checkpoints(tiny_checkpoint: Path, tmp_path: Path, extra_keys: dict,
+                                                     prediction: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from foci.models.checkpoint import read_tensor_shapes
+
+    tensors = load_file(str(tiny_checkpoint))
+    variant = tmp_path / "checkpoints" / f"variant-{prediction}.safetensors"
+    variant.parent.mkdir()
+    save_file({**tensors, **extra_keys}, str(variant))
+    assert set(extra_keys) <= set(read_tensor_shapes(variant))
+    engine = Engine(models_dir=tmp_path, output_dir=tmp_path / "out", device="cpu", precision="fp32")
+    plain = Engine(models_dir=tmp_path, output_dir=tmp_path / "out", device="cpu", precision="fp32")
+    result = engine.generate(tiny_task(variant, scheduler="karras"), save=False)[0]
+    baseline = plain.generate(tiny_task(tiny_checkpoint, scheduler="karras"), save=False)[0]
+    assert engine._loaded["base"].components.info.prediction == prediction
+    assert torch.isfinite(result.latent).all()
+    assert not torch.allclose(result.latent, baseline.latent)
+
+
+def test_decode_falls_back_to_tiles_on_out_of_memory(engine: Engine, tiny_checkpoint: Path) -> None:
+    engine.generate(tiny_task(tiny_checkpoint), save=False)
+    loaded = engine._loaded["base"]
+    vae = loaded.components.vae
+    calls = []
+
+    class OutOfMemoryVae:
+        def decode(self, *_args, **_kwargs):
+            calls.append("decode")
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        def tiled_decode(self, sample, return_dict=False):
+            calls.append("tiled")
+            return (vae.decode(sample, return_dict=False)[0],)
+
+    loaded.components.vae = OutOfMemoryVae()
+    try:
+        pixels = engine._decode(loaded, torch.zeros(1, 4, 8, 8), engine.plan())
+    finally:
+        loaded.components.vae = vae
+    assert calls == ["decode", "tiled"]
+    assert pixels.shape == (1, 3, 64, 64)
