@@ -152,7 +152,9 @@ class Engine:
         self._loaded.pop(role, None)  # free the previous model before loading the next
         components = load_checkpoint(path, device=plan.device, dtype=plan.unet_dtype, vae_path=vae_path)
         if components.vae is not None:
-            components.vae.to(dtype=plan.vae_dtype, memory_format=torch.channels_last)
+            if components.vae.dtype != plan.vae_dtype:
+                components.vae.to(dtype=plan.vae_dtype)
+            components.vae.to(memory_format=torch.channels_last)  # 2–4× faster decode (stack notes §4)
         for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
             if module is not None:
                 module.eval().requires_grad_(False)
