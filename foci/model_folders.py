@@ -65,6 +65,9 @@ class ModelFolders:
         object.__setattr__(self, "paths", MappingProxyType({k: tuple(Path(p) for p in self.paths[k])
                                                             for k in MODEL_KINDS}))
 
+    def __hash__(self) -> int:
+        return hash(tuple(self.paths.items()))
+
     @classmethod
     def default(cls, root: str | Path) -> ModelFolders:
         """Fooocus's layout under `root` (the `models` folder): `root/checkpoints`, `root/loras`, …"""

@@ -27,6 +27,7 @@ class Fault:
     status: int | None = None  # answer with this status and a short text body instead of the file
     delay: float = 0.0  # seconds to wait before answering (to exceed a client timeout)
     drop_after: int | None = None  # announce the full length, send only this many body bytes, close
+    hang: float = 0.0  # with drop_after: stay silent this long after those bytes before closing
     ignore_range: bool = False  # answer 200 with the whole file even when a Range was asked
     corrupt: bool = False  # flip every byte of the body
     redirect: str | None = None  # answer 302 with this Location (a path on this server or a URL)
@@ -161,6 +162,8 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
             if fault.drop_after is not None:
                 body = body[:fault.drop_after]
             self._reply(status, body, headers, send_body, content_length_set=True)
+            if fault.hang:
+                state.stopping.wait(fault.hang)
 
         def _reply(self, status: int, body: bytes, headers: dict[str, str], send_body: bool,
                    content_length_set: bool = False) -> None:

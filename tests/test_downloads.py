@@ -204,6 +204,17 @@ def test_slow_server_times_out_after_retries_in_bounded_time(server, recorder, t
     assert not (tmp_path / "model.bin").exists()
 
 
+def test_stall_mid_body_times_out_and_resumes(server, recorder, tmp_path):
+    data = payload(seed=19)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(drop_after=12_288, hang=10.0))
+    started = time.monotonic()
+    path = downloader(recorder, timeout=0.25).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert time.monotonic() - started < 3.0
+    assert path.read_bytes() == data
+    assert [r.header("Range") for r in server.requests_for("/m.bin")] == [None, "bytes=12288-"]
+
+
 def test_server_ignoring_range_restarts_from_zero(recorder, tmp_path):
     data = payload(seed=9)
     with FileServer({"/m.bin": data}, ignore_range=True) as server:

@@ -29,6 +29,8 @@ def test_default_layout(tmp_path):
     assert folders.download_folder("prompt_expansion") == tmp_path / "prompt_expansion" / "fooocus_expansion"
     assert folders.download_folder("upscale_models") == tmp_path / "upscale_models"
     assert set(folders.paths) == set(MODEL_KINDS) and len(MODEL_KINDS) == 12
+    assert folders == ModelFolders.default(tmp_path) and hash(folders) == hash(ModelFolders.default(tmp_path))
+    assert folders != ModelFolders.default(tmp_path / "other")
     with pytest.raises(ModelFoldersError, match="unknown model kind 'lora'"):
         folders.folders("lora")
 
