@@ -380,8 +380,9 @@ class Downloader:
                     failures = 0  # progress was made: the failure budget starts again
                 failures += 1
                 if failures > self.retries:
+                    kept = f" (the partial file {part} is kept for resuming)" if part.exists() else ""
                     raise DownloadError(f"could not download {entry.name} from {url} after {failures} attempts: "
-                                        f"{exc} (the partial file {part} is kept for resuming)") from exc
+                                        f"{exc}{kept}") from exc
                 delay = self.backoff * 2 ** (failures - 1)
                 logger.warning("%s: %s; retry %d/%d in %.1f s", entry.name, exc, failures, self.retries, delay)
                 if delay > 0:
