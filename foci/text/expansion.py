@@ -110,7 +110,8 @@ def _missing_file_error(folder: Path, what: str) -> ExpansionError:
 def _read_config(folder: Path) -> GPT2Config:
     path = folder / CONFIG_FILE
     if not path.is_file():
-        raise _missing_file_error(folder, CONFIG_FILE)
+        # Fooocus keeps config.json in its repository, not in the download: the model is stock GPT-2 small.
+        return GPT2Config()
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -166,7 +167,9 @@ def _build_model(folder: Path, config: GPT2Config) -> GPT2LMHeadModel:
     try:
         result = model.load_state_dict(state, strict=False, assign=True)
     except RuntimeError as error:  # shape mismatches
-        raise ExpansionError(f"expansion weights {path} do not fit {folder / CONFIG_FILE}: {error}") from error
+        config_name = folder / CONFIG_FILE if (folder / CONFIG_FILE).is_file() else "the stock GPT-2 small config"
+        first = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        raise ExpansionError(f"expansion weights {path} do not fit {config_name}: {first}") from error
     missing = [key for key in result.missing_keys if not (tied and key == "lm_head.weight")]
     if missing or result.unexpected_keys:
         raise ExpansionError(f"expansion weights {path} do not match GPT-2: missing {missing[:3]}, "
