@@ -337,6 +337,16 @@ def test_glora_current_and_first_layouts(model, originals, patcher, tmp_path) ->
     assert _changed(model, originals) == {("unet", f"{Q1}.weight")}
     delta = _param(model, "unet", f"{Q1}.weight") - original
     torch.testing.assert_close(delta, (b2 @ b1 + original @ a2 @ a1) * 0.5, rtol=1e-4, atol=1e-7)
+    # Current layout on a 3x3 conv: a1 [in, r], a2 [r, in], b1 [out, r], b2 [r, in, 3, 3]; W·A per kernel tap.
+    original = originals["unet", f"{CONV}.weight"]
+    a1, a2, b1, b2 = _rand(64, 2, seed=48), _rand(2, 64, seed=49), _rand(64, 2, seed=50), _rand(2, 64, 3, 3, seed=51)
+    tensors = {f"{KOHYA_CONV}.{n}.weight": t for n, t in zip(names, (a1, a2, b1, b2), strict=True)}
+    patcher.apply([(_save(tmp_path / "glora_conv.safetensors", tensors), 1.0)])
+    delta = _param(model, "unet", f"{CONV}.weight") - original
+    expected = torch.stack(
+        [torch.stack([original[:, :, h, w] @ a1 @ a2 for w in range(3)], -1) for h in range(3)], -2
+    ) + (b1 @ b2.flatten(1)).view(64, 64, 3, 3)
+    torch.testing.assert_close(delta, expected, rtol=1e-4, atol=1e-6)
 
 
 def test_full_diffs_and_norms(model, originals, patcher, tmp_path) -> None:
@@ -449,7 +459,8 @@ def test_several_files_sum_in_float32_and_cast_once(model, tmp_path) -> None:
     downs = [_rand(2, 128, seed=110 + i) for i in range(2)]
     files = [_save(tmp_path / f"{i}.safetensors", _kohya(KOHYA_Q1, ups[i], downs[i])) for i in range(2)]
     patcher = LoraPatcher(unet)
-    patcher.apply([(files[0], 0.7), (files[1], -1.3)])
+    with torch.inference_mode():  # the engine may (re)apply inside inference mode
+        patcher.apply([(files[0], 0.7), (files[1], -1.3)])
     expected = (original.float() + 0.7 * (ups[0] @ downs[0]) + -1.3 * (ups[1] @ downs[1])).to(torch.bfloat16)
     parameter = unet.get_parameter(f"{Q1}.weight")
     assert parameter.dtype == torch.bfloat16 and torch.equal(parameter, expected)
