@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,28 +19,39 @@ import torch
 from PIL import Image
 
 from foci import __version__
+from foci.config import FociSettings
 from foci.devices import DevicePlan, is_out_of_memory, plan_devices
+from foci.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
 from foci.guidance.adm import refiner_time_ids, sdxl_size_time_ids
 from foci.guidance.freeu import FreeU
 from foci.guidance.sag import SelfAttentionGuidance
 from foci.guided import BranchConditioning, DenoiseStage, GuidanceSettings, GuidedDenoiser
-from foci.hashing import short_hash
+from foci.hash_cache import HashCache
 from foci.metadata import ImageRecord
+from foci.model_folders import SETTING_KEYS, ModelFolders
 from foci.models.checkpoint import SDXLComponents, load_checkpoint
+from foci.models.lora import LoraPatcher
 from foci.outputs import new_output_path, save_image
-from foci.prompts import PromptPlan, assemble_prompts
+from foci.performance import apply_performance, performance_lora_names
+from foci.prompt_plan import DEFAULT_MAX_LORAS as MAX_LORAS
+from foci.prompt_plan import ImagePrompts, extract_inline_loras, plan_image_prompts
+from foci.prompts import PromptPlan
 from foci.sampling.model_sampling import ModelSampling, select_model_sampling
 from foci.sampling.noise import NoiseSource
 from foci.sampling.samplers import StepInfo, run_sampler
 from foci.sampling.schedulers import compute_sigmas
+from foci.styles import FOOOCUS_V2, StyleLibrary
 from foci.task import GenerationTask
 from foci.text.embeddings import EmbeddingLookup
 from foci.text.encoder import EncodedPrompt, PromptEncoder
+from foci.text.expansion import ExpansionError, PromptExpansion
 from foci.text.tokenizers import load_sdxl_tokenizers
+from foci.wildcards import WildcardLibrary
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REFINER_AESTHETIC_POSITIVE = 6.0
 REFINER_AESTHETIC_NEGATIVE = 2.5
+_log = logging.getLogger(__name__)
 
 
 class GenerationError(RuntimeError):
@@ -83,8 +95,9 @@ class _LoadedModel:
     path: Path
     vae_path: Path | None
     key: tuple = ()
+    patcher: LoraPatcher | None = None
+    loras: list[tuple[Path, float]] = field(default_factory=list)
     encoder: PromptEncoder | None = None
-    hash: str = ""
 
 
 @dataclass
@@ -96,42 +109,54 @@ class _ImagePlan:
     empty: EncodedPrompt | None = None
 
 
-def find_model_file(name: str, folders: list[Path], what: str = "checkpoint") -> Path:
-    """Resolve a model given as a path, a file name or a stem inside ``folders`` (searched recursively)."""
-    candidate = Path(name).expanduser()
-    if candidate.is_file() or candidate.is_dir():
-        return candidate
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.rglob("*")):
-            if path.is_file() and path.suffix in CHECKPOINT_SUFFIXES and name in (path.name, path.stem):
-                return path
-            if path.is_dir() and path.name == name and (path / "unet").is_dir():
-                return path
-    searched = ", ".join(str(f) for f in folders) or "(no folders)"
-    raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {searched})")
-
-
 def _pixels_to_pil(pixels: torch.Tensor) -> Image.Image:
     """[3,H,W] in 0…1 → 8-bit image, truncating like Fooocus's ``astype(uint8)``."""
     array = np.clip(255.0 * pixels.permute(1, 2, 0).float().cpu().numpy(), 0, 255).astype(np.uint8)
     return Image.fromarray(array)
 
 
+def _is_diffusers_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "unet").is_dir()
+
+
 @dataclass
 class Engine:
-    """Loads models on demand and runs generation tasks. One engine per device; not thread-safe."""
+    """Loads models on demand and runs generation tasks. One engine per device; not thread-safe.
+
+    Models are looked up in ``folders`` (Fooocus's ``models/<kind>`` layout under ``models_dir`` unless given);
+    with a ``downloader``, files the catalogue knows are fetched when missing.
+    """
 
     models_dir: Path = Path("models")
     output_dir: Path = Path("outputs")
     device: str = "auto"
     precision: str = "auto"
+    folders: ModelFolders | None = None
+    styles_dirs: tuple[Path, ...] = ()
+    wildcards_dirs: tuple[Path, ...] = ()
+    downloader: Downloader | None = None
+    catalogue: Mapping[str, CatalogueEntry] | None = None
     _loaded: dict[str, _LoadedModel] = field(default_factory=dict, repr=False)
+    _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
         self.output_dir = Path(self.output_dir)
+        if self.folders is None:
+            self.folders = ModelFolders.default(self.models_dir)
+        self.hash_cache = HashCache(self.folders.download_folder("checkpoints").parent / ".foci_hashes.json")
+
+    @classmethod
+    def from_settings(cls, settings: FociSettings, *, root: Path, device: str = "auto", precision: str = "auto",
+                      downloader: Downloader | None = None, models_dir: Path | None = None) -> Engine:
+        """An engine using the folders of a loaded config/preset (``path_*`` keys) below ``root``, or Fooocus's
+        layout under ``models_dir`` when given."""
+        paths = {key: value for key, value in settings.model_dump().items() if key in SETTING_KEYS}
+        folders = ModelFolders.default(models_dir) if models_dir else ModelFolders.from_settings(paths, root)
+        return cls(models_dir=folders.download_folder("checkpoints").parent, output_dir=root / settings.path_outputs,
+                   device=device, precision=precision, folders=folders,
+                   styles_dirs=(root / settings.path_styles,), wildcards_dirs=(root / settings.path_wildcards,),
+                   downloader=downloader)
 
     # ----------------------------------------------------------------------------------------- models
     def plan(self, task: GenerationTask | None = None) -> DevicePlan:
@@ -139,12 +164,40 @@ class Engine:
         precision = task.precision if task is not None and task.precision != "auto" else self.precision
         return plan_devices(self.device, precision)
 
-    def checkpoint_folders(self) -> list[Path]:
-        return [self.models_dir / "checkpoints"]
+    def resolve(self, kind: str, name: str, what: str | None = None) -> Path:
+        """Find a model file (a path, a name relative to a ``kind`` folder, or a bare stem); download it if the
+        catalogue knows it and a downloader is set; else raise a :class:`GenerationError` saying where to put it."""
+        what = what or kind.rstrip("s")
+        candidate = Path(name).expanduser()
+        if candidate.is_file() or _is_diffusers_folder(candidate):
+            return candidate
+        if not candidate.is_absolute() and ".." not in candidate.parts:
+            found = self.folders.find(kind, name)
+            if found is not None:
+                return found
+            for folder in self.folders.folders(kind):
+                if _is_diffusers_folder(folder / name):
+                    return folder / name
+            for relative in self.folders.list_files(kind):
+                if name in (relative.stem, relative.name):
+                    return self.folders.find(kind, relative)
+        entry = self._catalogue_entry(kind, candidate.name)
+        if entry is not None and self.downloader is not None:
+            try:
+                return self.downloader.fetch(entry, self.folders.download_folder(kind))
+            except DownloadError as error:
+                raise GenerationError(str(error)) from error
+        folders = ", ".join(str(f) for f in self.folders.folders(kind))
+        hint = f"; download it from {entry.url}" if entry is not None else ""
+        raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}")
+
+    def _catalogue_entry(self, kind: str, file_name: str) -> CatalogueEntry | None:
+        catalogue = self.catalogue if self.catalogue is not None else load_catalogue()
+        return next((e for e in catalogue.values() if e.folder == kind and file_name in (e.file_name, e.name)), None)
 
     def _load(self, role: str, model: str, vae: str | None, plan: DevicePlan) -> _LoadedModel:
-        path = find_model_file(model, self.checkpoint_folders())
-        vae_path = find_model_file(vae, [self.models_dir / "vae"], "VAE") if vae else None
+        path = self.resolve("checkpoints", model, "checkpoint")
+        vae_path = self.resolve("vae", vae, "VAE") if vae else None
         cached = self._loaded.get(role)
         key = (path.resolve(), vae_path.resolve() if vae_path else None, plan)
         if cached is not None and cached.key == key:
@@ -158,10 +211,22 @@ class Engine:
         for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
             if module is not None:
                 module.eval().requires_grad_(False)
-        loaded = _LoadedModel(components, path, vae_path, key)
-        loaded.hash = short_hash(path) if path.is_file() else ""
+        patcher = LoraPatcher(components.unet, components.text_encoder, components.text_encoder_2)
+        loaded = _LoadedModel(components, path, vae_path, key, patcher=patcher)
         self._loaded[role] = loaded
         return loaded
+
+    def _apply_loras(self, loaded: _LoadedModel, loras: list[tuple[Path, float]]) -> None:
+        """Merge exactly ``loras`` into the model (restoring the previous set first); no reload from disk."""
+        wanted = [(path.resolve(), weight) for path, weight in loras]
+        if wanted == loaded.loras:
+            return
+        for report in loaded.patcher.apply(loras):
+            if report.skipped:
+                _log.warning("LoRA %s skipped: %s", report.name, report.skipped)
+        loaded.loras = wanted
+        if loaded.encoder is not None:
+            loaded.encoder.clear_cache()  # conds depend on the text-encoder weights
 
     def _encoder(self, loaded: _LoadedModel, clip_skip: int) -> PromptEncoder:
         parts = loaded.components
@@ -169,11 +234,46 @@ class Engine:
             raise GenerationError(f"{loaded.path.name} has no text encoders: it cannot be the base model")
         if loaded.encoder is None:
             tokenizer_l, tokenizer_g = load_sdxl_tokenizers(loaded.path if loaded.path.is_dir() else None)
-            embeddings = EmbeddingLookup([self.models_dir / "embeddings"])
+            embeddings = EmbeddingLookup(self.folders.folders("embeddings"))
             loaded.encoder = PromptEncoder(parts.text_encoder, parts.text_encoder_2, tokenizer_l, tokenizer_g,
                                            clip_skip=clip_skip, embeddings=embeddings)
         loaded.encoder.clip_skip = clip_skip
         return loaded.encoder
+
+    def _expander(self, plan: DevicePlan) -> PromptExpansion:
+        """The Fooocus V2 GPT-2, loaded once, on the text encoders' device (CPU instead of MPS, §2.3)."""
+        folder = next((f for f in self.folders.folders("prompt_expansion")
+                       if (f / "pytorch_model.bin").is_file() or (f / "model.safetensors").is_file()), None)
+        if folder is None and self.downloader is not None:
+            try:
+                self.downloader.ensure(["fooocus_expansion.bin", "positive.txt"], self.folders, self.catalogue)
+            except DownloadError as error:
+                raise GenerationError(str(error)) from error
+        folder = folder or self.folders.download_folder("prompt_expansion")
+        if self._expansion is not None and self._expansion[0] == folder:
+            return self._expansion[1]
+        device = torch.device("cpu") if plan.device.type == "mps" else plan.device
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        try:
+            expansion = PromptExpansion(folder, device=device, dtype=dtype)
+        except ExpansionError as error:
+            raise GenerationError(f"{error} (or leave out the 'Fooocus V2' style)") from error
+        self._expansion = (folder, expansion)
+        return expansion
+
+    def lora_requests(self, task: GenerationTask, performance_loras: list[tuple[str, float]]
+                      ) -> tuple[list[tuple[Path, float]], list[tuple[Path, float]]]:
+        """(all LoRAs for the base model, the user's LoRAs for the refiner): UI slots, then inline
+        ``<lora:name:weight>`` tags of the main prompt (§1.10), then the performance LoRA (§1.9)."""
+        slots = [(lora.name, lora.weight) for lora in task.loras
+                 if lora.enabled and lora.name not in ("", "None") and lora.weight != 0]
+        hidden = performance_lora_names()
+        available = [p.as_posix() for p in self.folders.list_files("loras") if p.name not in hidden]
+        _, inline = extract_inline_loras(task.prompt, available, existing=[name for name, _ in slots],
+                                         limit=MAX_LORAS)
+        user = [(self.resolve("loras", name, "LoRA"), weight) for name, weight in slots + inline]
+        performance = [(self.resolve("loras", name, "LoRA"), weight) for name, weight in performance_loras]
+        return user + performance, user
 
     # ------------------------------------------------------------------------------------ generation
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
@@ -185,18 +285,26 @@ class Engine:
         whole task. ``debug_dump`` writes the tensors a bug report needs (see README).
         """
         plan = self.plan(task)
+        task, performance_loras = apply_performance(task)
         if not task.base_model:
             task = task.model_copy(update={"base_model": self._default_model_name()})
-        width, height = task.size
+        self.resolve("checkpoints", task.base_model, "checkpoint")  # fail (or download) before anything slow
+        base_loras, refiner_loras = self.lora_requests(task, performance_loras)
         with torch.inference_mode():
+            prompts = self.plan_prompts(task, plan=plan, performance_applied=True)
             base = self._load("base", task.base_model, task.vae, plan)
+            self._apply_loras(base, base_loras)
             refiner = None
             if task.refiner_model and task.refiner_model not in ("None", task.base_model):
                 refiner = self._load("refiner", task.refiner_model, None, plan)
                 if refiner.path.resolve() == base.path.resolve():
                     refiner = None
+                else:
+                    self._apply_loras(refiner, refiner_loras)
             encoder = self._encoder(base, task.clip_skip)
-            images_plan = [self._plan_image(task, encoder, seed) for seed in task.image_seeds()]
+            images_plan = [self._encode_image(task, encoder, image_prompts) for image_prompts in prompts]
+            loras = [(path, weight) for path, weight in base_loras
+                     if path.name not in performance_lora_names()]
             results: list[GeneratedImage] = []
             for index, image_plan in enumerate(images_plan):
                 if interrupt is not None and interrupt() == "stop":
@@ -206,7 +314,7 @@ class Engine:
                     dump = Path(debug_dump) if index == 0 else Path(debug_dump) / f"image-{index}"
                 try:
                     result = self._generate_one(task, plan, base, refiner, image_plan, index,
-                                                (width, height), on_progress, interrupt, dump, save)
+                                                task.size, on_progress, interrupt, dump, save, loras)
                 except GenerationInterrupted as stop:
                     if stop.action == "skip":
                         continue
@@ -215,24 +323,40 @@ class Engine:
         return results
 
     def _default_model_name(self) -> str:
-        for folder in self.checkpoint_folders():
-            if folder.is_dir():
-                files = sorted(p for p in folder.rglob("*") if p.suffix in CHECKPOINT_SUFFIXES)
-                if files:
-                    return str(files[0])
+        files = [f for f in self.folders.list_files("checkpoints") if f.suffix in CHECKPOINT_SUFFIXES]
+        if files:
+            return files[0].as_posix()
         raise GenerationError(
-            f"no checkpoint given and none found in {self.models_dir / 'checkpoints'}: pass --model FILE "
-            "(any SDXL .safetensors) or create a test one with `foci dev make-checkpoint --tiny FILE`")
+            f"no checkpoint given and none found in {self.folders.download_folder('checkpoints')}: pass --model "
+            "FILE (any SDXL .safetensors) or create a test one with `foci dev make-checkpoint --tiny FILE`")
 
-    def _plan_image(self, task: GenerationTask, encoder: PromptEncoder, seed: int) -> _ImagePlan:
-        prompts = assemble_prompts(task.prompt, task.negative_prompt)
-        positive = encoder.encode(prompts.positive, prompts.positive_top_k)
+    def plan_prompts(self, task: GenerationTask, *, plan: DevicePlan | None = None,
+                     performance_applied: bool = False) -> list[ImagePrompts]:
+        """The exact items every image of ``task`` will encode (§2.2): styles, wildcards, arrays and, with the
+        ``Fooocus V2`` style, the GPT-2 expansion. Needs no SDXL model (``foci prompt`` uses it)."""
+        if not performance_applied:
+            task, _ = apply_performance(task)
+        library = StyleLibrary.load(self.styles_dirs)
+        for warning in library.warnings:
+            _log.warning("%s", warning)
+        library.validate(task.styles)
+        wildcards = WildcardLibrary.load(self.wildcards_dirs)
+        needs_expansion = FOOOCUS_V2 in task.styles and bool(task.prompt.strip())
+        expand = self._expander(plan or self.plan(task)) if needs_expansion else None
+        return [plan_image_prompts(task.prompt, task.negative_prompt, task.styles, seed=seed, image_index=index,
+                                   library=library, wildcards=wildcards,
+                                   read_wildcards_in_order=task.read_wildcards_in_order, expand=expand)
+                for index, seed in enumerate(task.image_seeds())]
+
+    def _encode_image(self, task: GenerationTask, encoder: PromptEncoder, prompts: ImagePrompts) -> _ImagePlan:
+        plan = prompts.to_prompt_plan()
+        positive = encoder.encode(plan.positive, plan.positive_top_k)
         if math.isclose(task.guidance_scale, 1.0):
             negative = EncodedPrompt(positive.cond.clone(), positive.pooled.clone())
         else:
-            negative = encoder.encode(prompts.negative, prompts.negative_top_k)
+            negative = encoder.encode(plan.negative, plan.negative_top_k)
         empty = encoder.encode([""], 1) if task.perp_neg_scale > 0 else None
-        return _ImagePlan(seed, prompts, positive, negative, empty)
+        return _ImagePlan(prompts.seed, plan, positive, negative, empty)
 
     def _base_stage(self, task: GenerationTask, base: _LoadedModel, sampling: ModelSampling, image: _ImagePlan,
                     size: tuple[int, int], device: torch.device) -> DenoiseStage:
@@ -273,7 +397,7 @@ class Engine:
                       refiner: _LoadedModel | None, image: _ImagePlan, index: int, size: tuple[int, int],
                       on_progress: Callable[[ProgressEvent], None] | None,
                       interrupt: Callable[[], str | None] | None, dump: Path | None,
-                      save: bool) -> GeneratedImage:
+                      save: bool, loras: list[tuple[Path, float]]) -> GeneratedImage:
         device = plan.device
         width, height = size
         info = base.components.info
@@ -351,7 +475,7 @@ class Engine:
             raise GenerationError("the VAE produced NaN/inf values; try --precision fp32 or another VAE")
         picture = _pixels_to_pil(pixels[0])
 
-        record = self._record(task, base, refiner, image, size, plan)
+        record = self._record(task, base, refiner, image, size, plan, loras)
         path = None
         if save:
             path = save_image(picture, new_output_path(self.output_dir, task.output_format),
@@ -386,15 +510,23 @@ class Engine:
         return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
 
     def _record(self, task: GenerationTask, base: _LoadedModel, refiner: _LoadedModel | None,
-                image: _ImagePlan, size: tuple[int, int], plan: DevicePlan) -> ImageRecord:
+                image: _ImagePlan, size: tuple[int, int], plan: DevicePlan,
+                loras: list[tuple[Path, float]]) -> ImageRecord:
+        def digest(path: Path | None) -> str:
+            # Hashing a 7 GB checkpoint takes seconds: only when the hash goes into the image (cached on disk).
+            if path is None or not path.is_file() or not task.save_metadata:
+                return ""
+            return self.hash_cache.short(path)
+
         return ImageRecord(
             task=task, seed=image.seed, width=size[0], height=size[1],
             positive_items=list(image.prompts.positive), negative_items=list(image.prompts.negative),
             prompt_expansion=image.prompts.expansion,
-            base_model_name=base.path.name, base_model_hash=base.hash,
+            base_model_name=base.path.name, base_model_hash=digest(base.path),
             refiner_model_name=refiner.path.name if refiner else None,
-            refiner_model_hash=refiner.hash if refiner else "",
+            refiner_model_hash=digest(refiner.path) if refiner else "",
             vae_name=base.vae_path.name if base.vae_path else None,
+            loras=[(path.stem, weight, digest(path)) for path, weight in loras],
             software=f"Foci {__version__}", device=plan.describe())
 
     @staticmethod

@@ -18,6 +18,7 @@ SCHEDULERS: tuple[str, ...] = (
     "align_your_steps", "tcd", "edm_playground_v2.5",
 )
 MAX_SEED = 2**63 - 1
+DEFAULT_STYLES: tuple[str, ...] = ("Fooocus V2", "Fooocus Enhance", "Fooocus Sharp")
 _SIZE = re.compile(r"^\s*(\d+)\s*[*x×]\s*(\d+)\s*$")
 
 
@@ -56,12 +57,13 @@ class GenerationTask(BaseModel):
 
     prompt: str = ""
     negative_prompt: str = ""
-    styles: list[str] = Field(default_factory=list)
+    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES))
     performance: str = "Speed"
     aspect_ratio: str = "1152*896"
     image_number: int = Field(2, ge=1, le=32)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     disable_seed_increment: bool = False
+    read_wildcards_in_order: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
 
     steps: int = Field(30, ge=1, le=200)

@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+# No test may reach the internet: the CLI's downloader stays offline unless a test serves files on loopback.
+os.environ["FOCI_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

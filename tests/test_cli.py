@@ -26,7 +26,7 @@ def test_generate_prints_paths_and_metadata_reads_back(tiny_checkpoint: Path, tm
     out_dir = tmp_path / "out"
     code, out, err = run_cli(["generate", "a cat", "--seed", "5", "--image-number", "2", "--aspect", "64*64",
                               "--steps", "3", "--model", str(tiny_checkpoint), "--output-dir", str(out_dir),
-                              "--precision", "fp32", "--device", "cpu"], capsys)
+                              "--precision", "fp32", "--device", "cpu", "--styles", "", "--lora", "none"], capsys)
     assert code == 0, err
     paths = [Path(line) for line in out.splitlines()]
     assert len(paths) == 2 and all(p.is_file() and p.is_relative_to(out_dir) for p in paths)
@@ -78,7 +78,8 @@ def test_bad_checkpoints_give_one_clear_line(kind: str, tmp_path: Path,
     files = bad_files(tmp_path / "models")
     out_dir = tmp_path / "out"
     code, out, err = run_cli(["generate", "a cat", "--aspect", "64*64", "--steps", "2", "--model",
-                              str(files[kind]), "--output-dir", str(out_dir), "--quiet"], capsys)
+                              str(files[kind]), "--output-dir", str(out_dir), "--quiet", "--styles", "",
+                              "--lora", "none"], capsys)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("foci: error:"), err

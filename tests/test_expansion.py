@@ -209,7 +209,7 @@ def _copy_folder(source: Path, target: Path, skip: set[str]) -> Path:
 
 
 @pytest.mark.parametrize(("skip", "named"), [
-    ({"config.json"}, "do not fit the stock GPT-2 small config"),  # no config: stock GPT-2 small, which the tiny weights do not fit
+    ({"config.json"}, "do not fit the stock GPT-2 small config"),  # tiny weights vs stock GPT-2 small
     ({"model.safetensors"}, "model.safetensors or pytorch_model.bin"),
     ({"positive.txt"}, "positive.txt"),
 ])

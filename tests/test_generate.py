@@ -16,7 +16,7 @@ from foci.task import SAMPLERS, SCHEDULERS, GenerationTask
 
 
 def tiny_task(checkpoint: Path, **overrides) -> GenerationTask:
-    values = dict(prompt="a cat", base_model=str(checkpoint), aspect_ratio="64*64", steps=4, image_number=1,
+    values = dict(prompt="a cat", base_model=str(checkpoint), aspect_ratio="64*64", steps=4, image_number=1, styles=[],
                   seed=7)
     values.update(overrides)
     return GenerationTask(**values)
