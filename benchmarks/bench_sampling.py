@@ -73,7 +73,7 @@ def main() -> int:
         task = GenerationTask(prompt="a cat", base_model=str(checkpoint), aspect_ratio=args.aspect,
                               steps=args.steps, image_number=1, seed=1, sampler=args.sampler)
         engine.generate(GenerationTask(**{**task.model_dump(), "steps": 2}), save=False)  # warm-up
-        unet = engine._loaded["base"].components.unet
+        unet = engine.loaded_model("base").components.unet
         timer = UnetTimer(unet)
         marks: list[float] = []
 

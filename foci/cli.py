@@ -92,6 +92,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                      help="fp32 reproduces Fooocus exactly; auto picks bf16/fp16 where fast")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    gen.add_argument("--vram", choices=("auto", "high", "normal", "low"), default=os.environ.get("FOCI_VRAM", "auto"),
+                     help="GPU memory policy: high keeps models on the GPU, normal offloads unused ones to RAM, "
+                          "low streams weights layer by layer (auto: by GPU size)")
     gen.add_argument("--output-dir", default=os.environ.get("FOCI_OUTPUT_DIR"))
     gen.add_argument("--debug-dump", default=None, metavar="DIR",
                      help="write noise, sigmas, conds, final latent, prompts and settings to DIR")
@@ -135,6 +138,7 @@ def _engine(args: argparse.Namespace, settings, root: Path):
     engine.catalogue = load_catalogue(Path(catalogue_file)) if catalogue_file else None
     if getattr(args, "output_dir", None):
         engine.output_dir = Path(args.output_dir)
+    engine.vram = getattr(args, "vram", "auto")
     return engine
 
 

@@ -26,11 +26,19 @@ from foci.guidance.adm import refiner_time_ids, sdxl_size_time_ids
 from foci.guidance.freeu import FreeU
 from foci.guidance.sag import SelfAttentionGuidance
 from foci.guided import BranchConditioning, DenoiseStage, GuidanceSettings, GuidedDenoiser
-from foci.hash_cache import HashCache
+from foci.hash_cache import HashCache, mark_corrupted
 from foci.metadata import ImageRecord
 from foci.model_folders import SETTING_KEYS, ModelFolders
-from foci.models.checkpoint import SDXLComponents, load_checkpoint
+from foci.models.checkpoint import CorruptFileError, SDXLComponents, load_checkpoint
 from foci.models.lora import LoraPatcher
+from foci.models.manager import (
+    ModelCache,
+    VramPolicy,
+    choose_vram_policy,
+    module_bytes,
+    offload_modules,
+    place_modules,
+)
 from foci.outputs import new_output_path, save_image
 from foci.performance import apply_performance, performance_lora_names
 from foci.prompt_plan import DEFAULT_MAX_LORAS as MAX_LORAS
@@ -136,7 +144,9 @@ class Engine:
     wildcards_dirs: tuple[Path, ...] = ()
     downloader: Downloader | None = None
     catalogue: Mapping[str, CatalogueEntry] | None = None
-    _loaded: dict[str, _LoadedModel] = field(default_factory=dict, repr=False)
+    vram: str = "auto"
+    cache_budget_bytes: int | None = None
+    _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +155,8 @@ class Engine:
         if self.folders is None:
             self.folders = ModelFolders.default(self.models_dir)
         self.hash_cache = HashCache(self.folders.download_folder("checkpoints").parent / ".foci_hashes.json")
+        self._models: ModelCache[_LoadedModel] = (ModelCache(self.cache_budget_bytes) if self.cache_budget_bytes
+                                                   else ModelCache())
 
     @classmethod
     def from_settings(cls, settings: FociSettings, *, root: Path, device: str = "auto", precision: str = "auto",
@@ -195,30 +207,75 @@ class Engine:
         catalogue = self.catalogue if self.catalogue is not None else load_catalogue()
         return next((e for e in catalogue.values() if e.folder == kind and file_name in (e.file_name, e.name)), None)
 
+    def loaded_model(self, role: str = "base") -> _LoadedModel | None:
+        """The model last used as ``role`` ("base" or "refiner"), if it is still cached."""
+        key = self._roles.get(role)
+        return self._models.get(key) if key is not None else None
+
+    def vram_policy(self, plan: DevicePlan) -> VramPolicy:
+        return choose_vram_policy(plan.device, self.vram)
+
     def _load(self, role: str, model: str, vae: str | None, plan: DevicePlan) -> _LoadedModel:
         path = self.resolve("checkpoints", model, "checkpoint")
         vae_path = self.resolve("vae", vae, "VAE") if vae else None
-        cached = self._loaded.get(role)
         key = (path.resolve(), vae_path.resolve() if vae_path else None, plan)
-        if cached is not None and cached.key == key:
+        self._roles[role] = key
+        pinned = [k for r, k in self._roles.items() if r != role]
+        cached = self._models.get(key)
+        if cached is not None:
             return cached
-        self._loaded.pop(role, None)  # free the previous model before loading the next
-        components = load_checkpoint(path, device=plan.device, dtype=plan.unet_dtype, vae_path=vae_path)
+        if path.is_file():  # free memory before loading: the file size approximates the weights' size
+            scale = 2 if plan.unet_dtype == torch.float32 else 1
+            self._models.reserve(path.stat().st_size * scale, pinned=pinned)
+        policy = self.vram_policy(plan)
+        load_device = plan.device if policy is VramPolicy.HIGH else torch.device("cpu")
+        try:
+            components = load_checkpoint(path, device=load_device, dtype=plan.unet_dtype, vae_path=vae_path)
+        except CorruptFileError as error:
+            raise GenerationError(self._corrupt_message(path, error)) from error
         if components.vae is not None:
             if components.vae.dtype != plan.vae_dtype:
                 components.vae.to(dtype=plan.vae_dtype)
             components.vae.to(memory_format=torch.channels_last)  # 2–4× faster decode (stack notes §4)
-        for module in (components.unet, components.vae, components.text_encoder, components.text_encoder_2):
+        modules = (components.unet, components.vae, components.text_encoder, components.text_encoder_2)
+        for module in modules:
             if module is not None:
                 module.eval().requires_grad_(False)
         patcher = LoraPatcher(components.unet, components.text_encoder, components.text_encoder_2)
         loaded = _LoadedModel(components, path, vae_path, key, patcher=patcher)
-        self._loaded[role] = loaded
+        self._models.put(key, loaded, module_bytes(modules), pinned=pinned)
         return loaded
+
+    def _corrupt_message(self, path: Path, error: Exception) -> str:
+        """A damaged file that the catalogue can fetch again is moved aside as ``*.corrupted`` (§2.21)."""
+        if self._catalogue_entry("checkpoints", path.name) is None:
+            return f"{error}; the file is damaged: replace it"
+        moved = mark_corrupted(path)
+        return f"{error}; moved to {moved.name}, it will be downloaded again on the next run"
+
+    def _place(self, plan: DevicePlan, use: list[torch.nn.Module | None]) -> None:
+        """Before a step: its modules onto the GPU, the other cached modules back to RAM (normal policy)."""
+        policy = self.vram_policy(plan)
+        if plan.device.type != "cuda" or policy is VramPolicy.HIGH:
+            return
+        wanted = {id(module) for module in use if module is not None}
+        others = [module for loaded in self._models.values() for module in (
+            loaded.components.unet, loaded.components.vae, loaded.components.text_encoder,
+            loaded.components.text_encoder_2) if module is not None and id(module) not in wanted]
+        offload_modules(others, policy)
+        place_modules(use, plan.device, policy)
+
+    @staticmethod
+    def _lora_key(loras: list[tuple[Path, float]]) -> list[tuple[Path, float]]:
+        return [(path.resolve(), weight) for path, weight in loras]
+
+    @staticmethod
+    def _streams_weights(loaded: _LoadedModel) -> bool:
+        return bool(getattr(loaded.components.unet, "_foci_sequential_offload", False))
 
     def _apply_loras(self, loaded: _LoadedModel, loras: list[tuple[Path, float]]) -> None:
         """Merge exactly ``loras`` into the model (restoring the previous set first); no reload from disk."""
-        wanted = [(path.resolve(), weight) for path, weight in loras]
+        wanted = self._lora_key(loras)
         if wanted == loaded.loras:
             return
         for report in loaded.patcher.apply(loras):
@@ -293,6 +350,9 @@ class Engine:
         with torch.inference_mode():
             prompts = self.plan_prompts(task, plan=plan, performance_applied=True)
             base = self._load("base", task.base_model, task.vae, plan)
+            if self._streams_weights(base) and self._lora_key(base_loras) != base.loras:
+                self._models.pop(base.key)  # weights streamed from RAM cannot be patched in place: reload
+                base = self._load("base", task.base_model, task.vae, plan)
             self._apply_loras(base, base_loras)
             refiner = None
             if task.refiner_model and task.refiner_model not in ("None", task.base_model):
@@ -302,7 +362,9 @@ class Engine:
                 else:
                     self._apply_loras(refiner, refiner_loras)
             encoder = self._encoder(base, task.clip_skip)
+            self._place(plan, [base.components.text_encoder, base.components.text_encoder_2])
             images_plan = [self._encode_image(task, encoder, image_prompts) for image_prompts in prompts]
+            self._place(plan, [base.components.unet] + ([refiner.components.unet] if refiner else []))
             loras = [(path, weight) for path, weight in base_loras
                      if path.name not in performance_lora_names()]
             results: list[GeneratedImage] = []
@@ -470,6 +532,8 @@ class Engine:
                 "sampling produced NaN/inf values (the model or precision is unstable on this device); "
                 "try --precision fp32")
         final_latent = info.latent_format.to_vae(x).float().cpu()
+        self._place(plan, [base.components.vae, base.components.unet]
+                    + ([refiner.components.unet] if refiner else []))
         pixels = self._decode(base, final_latent, plan)
         if not torch.isfinite(pixels).all():
             raise GenerationError("the VAE produced NaN/inf values; try --precision fp32 or another VAE")

@@ -169,14 +169,14 @@ def test_v_prediction_and_playground_edm_checkpoints(tiny_checkpoint: Path, tmp_
     plain = Engine(models_dir=tmp_path, output_dir=tmp_path / "out", device="cpu", precision="fp32")
     result = engine.generate(tiny_task(variant, scheduler="karras"), save=False)[0]
     baseline = plain.generate(tiny_task(tiny_checkpoint, scheduler="karras"), save=False)[0]
-    assert engine._loaded["base"].components.info.prediction == prediction
+    assert engine.loaded_model("base").components.info.prediction == prediction
     assert torch.isfinite(result.latent).all()
     assert not torch.allclose(result.latent, baseline.latent)
 
 
 def test_decode_falls_back_to_tiles_on_out_of_memory(engine: Engine, tiny_checkpoint: Path) -> None:
     engine.generate(tiny_task(tiny_checkpoint), save=False)
-    loaded = engine._loaded["base"]
+    loaded = engine.loaded_model("base")
     vae = loaded.components.vae
     calls = []
 

@@ -63,6 +63,10 @@ class CheckpointError(ValueError):
     """A model file that cannot be used, with a message naming the file and what was found."""
 
 
+class CorruptFileError(CheckpointError):
+    """The file is damaged (truncated, bad header, unreadable data), as opposed to a readable non-SDXL file."""
+
+
 @dataclass
 class ArchitectureInfo:
     """What a checkpoint is, plus the diffusers/transformers configs derived from its tensor shapes."""
@@ -117,19 +121,19 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
     with path.open("rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:
-            raise CheckpointError(f"{path}: not a safetensors file (only {size} bytes)")
+            raise CorruptFileError(f"{path}: not a safetensors file (only {size} bytes)")
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len < 2 or header_len > min(_MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(
+            raise CorruptFileError(
                 f"{path}: not a valid safetensors file (header length {header_len} for a {size}-byte file)"
             )
         raw = handle.read(header_len)
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not a valid safetensors file (header is not JSON: {exc})") from exc
+        raise CorruptFileError(f"{path}: not a valid safetensors file (header is not JSON: {exc})") from exc
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: not a valid safetensors file (header is not a JSON object)")
+        raise CorruptFileError(f"{path}: not a valid safetensors file (header is not a JSON object)")
     data_size = size - 8 - header_len
     data_end = 0
     for name, entry in header.items():
@@ -140,19 +144,19 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
             shape = tuple(int(dim) for dim in shape)
             begin, end = int(begin), int(end)
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: corrupt safetensors header entry for {name!r}") from exc
+            raise CorruptFileError(f"{path}: corrupt safetensors header entry for {name!r}") from exc
         itemsize = _DTYPE_BYTES.get(dtype)
         if end < begin or (itemsize is not None and end - begin != math.prod(shape) * itemsize):
-            raise CheckpointError(
+            raise CorruptFileError(
                 f"{path}: corrupt safetensors header: tensor {name!r} has inconsistent size"
             )
         data_end = max(data_end, end)
     if data_end > data_size:
-        raise CheckpointError(
+        raise CorruptFileError(
             f"{path}: file is truncated ({data_size} bytes of tensor data, header describes {data_end})"
         )
     if data_end < data_size:
-        raise CheckpointError(
+        raise CorruptFileError(
             f"{path}: corrupt safetensors file ({data_size - data_end} unexpected trailing bytes)"
         )
     return header
@@ -170,18 +174,18 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
             reason = "it references Python objects that could run code"
         else:
             reason = "it is not a plain PyTorch weights pickle"
-        raise CheckpointError(f"{path}: not loaded: {reason} ({detail[:160]})") from exc
+        raise CorruptFileError(f"{path}: not loaded: {reason} ({detail[:160]})") from exc
     except Exception as exc:  # any failure to parse the file is reported as a bad checkpoint
-        raise CheckpointError(
+        raise CorruptFileError(
             f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})"
         ) from exc
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping):
-        raise CheckpointError(f"{path}: PyTorch file holds a {type(loaded).__name__}, not a state dict")
+        raise CorruptFileError(f"{path}: PyTorch file holds a {type(loaded).__name__}, not a state dict")
     tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise CheckpointError(f"{path}: PyTorch file holds no tensors")
+        raise CorruptFileError(f"{path}: PyTorch file holds no tensors")
     return tensors
 
 
@@ -191,7 +195,7 @@ def _file_kind(path: Path) -> Literal["safetensors", "pickle"]:
         return "safetensors"
     if suffix in PICKLE_SUFFIXES:
         return "pickle"
-    raise CheckpointError(
+    raise CorruptFileError(
         f"{path}: unsupported file type {suffix or '(none)'!r}; "
         f"expected one of {', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)}"
     )
@@ -219,7 +223,7 @@ def _read_tensors(path: Path, wanted: tuple[str, ...] | None = None) -> dict[str
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             return {k: handle.get_tensor(k) for k in handle.keys() if wanted is None or k.startswith(wanted)}  # noqa: SIM118
     except Exception as exc:  # safetensors raises its own error types from Rust
-        raise CheckpointError(f"{path}: could not read tensors ({type(exc).__name__}: {exc})") from exc
+        raise CorruptFileError(f"{path}: could not read tensors ({type(exc).__name__}: {exc})") from exc
 
 
 # ----------------------------------------------------------------------------------------------------
