@@ -1,0 +1,544 @@
+"""The job queue: a SQLite store of generation jobs that survives restarts and crashes.
+
+Every job moves ``queued → running → done | failed | cancelled`` (``queued → cancelled`` directly when cancelled
+before it starts) and ends exactly once. The queue order is ``priority`` (higher first), then ``position`` (a real
+column, smaller first: FIFO for plain submissions, changed by :meth:`JobStore.move`).
+
+    store = JobStore(Path("jobs.sqlite3"))
+    store.recover()                                   # once at start-up: jobs left running by a crash re-queue
+    job = store.submit(task, priority=0)
+    claimed = store.claim_next()                      # a worker: queued → running
+    store.complete(claimed.id, [JobImage(path="2026-01-01/x.png", seed=1, width=64, height=64)])
+
+One connection per store (``check_same_thread=False``) guarded by a lock; WAL journal and a busy timeout, so several
+processes may share one file (each claim is one ``BEGIN IMMEDIATE`` transaction).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, ValidationError
+
+from foci.task import GenerationTask
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_LIST_LIMIT = 10_000
+_BUSY_TIMEOUT_MS = 10_000
+_MIN_GAP = 1e-9  # below this gap between two positions the queue is renumbered
+
+
+class JobState(str, Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        """True for done, failed and cancelled: nothing happens to the job any more."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
+
+
+class JobImage(BaseModel):
+    """One image a job produced; ``path`` is relative to the output folder, with ``/`` separators."""
+
+    path: str
+    seed: int
+    width: int
+    height: int
+
+
+class JobProgress(BaseModel):
+    """Where a running job is: overall percent, the current image and step, and an ETA."""
+
+    percent: float
+    step: int
+    total_steps: int
+    image_index: int
+    image_count: int
+    eta_seconds: float | None = None
+    message: str = ""
+
+
+class Job(BaseModel):
+    """A queued, running or finished generation task."""
+
+    id: str
+    task: GenerationTask
+    state: JobState
+    priority: int = 0
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    images: list[JobImage] = Field(default_factory=list)
+    progress: JobProgress | None = None
+    webhook_url: str | None = None
+    attempts: int = 0
+    skipped_images: int = 0
+    cancel_requested: bool = False
+
+
+class JobError(ValueError):
+    """An unknown job or a change its state does not allow (editing a running job, completing a queued one…)."""
+
+
+class UnknownJobError(JobError):
+    """No job has this id."""
+
+
+_COLUMNS = ("id", "task", "state", "priority", "position", "created_at", "started_at", "finished_at", "error",
+            "images", "progress", "webhook_url", "attempts", "skipped_images", "cancel_requested")
+_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
+_QUEUE_ORDER = "priority DESC, position ASC, created_at ASC, id ASC"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    position REAL NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    images TEXT NOT NULL DEFAULT '[]',
+    progress TEXT,
+    webhook_url TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    skipped_images INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, position);
+CREATE INDEX IF NOT EXISTS jobs_position ON jobs (position);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+"""
+
+
+def _check_webhook_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise JobError(f"webhook_url must be a string, got {type(url).__name__}")
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise JobError(f"webhook_url must be an http:// or https:// URL, got {url!r}")
+    return url.strip()
+
+
+def _check_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise JobError(f"{name} must be an integer, got {value!r}")
+    return value
+
+
+class JobStore:
+    """Jobs in one SQLite file (see the module docstring). Thread-safe; use one store per process and file.
+
+    ``progress_flush_interval``: :meth:`set_progress` keeps the newest progress in memory (what :meth:`get` and
+    :meth:`list` return for a running job) and writes it to the file at most this often per job.
+    """
+
+    def __init__(self, path: Path, *, progress_flush_interval: float = 1.0) -> None:
+        self.path = Path(path)
+        self.progress_flush_interval = progress_flush_interval
+        self._lock = threading.RLock()
+        self._live_progress: dict[str, JobProgress] = {}
+        self._progress_written: dict[str, float] = {}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            raise JobError(f"cannot open the job database {self.path}: {error}") from None
+
+    # ----------------------------------------------------------------------------------------- plumbing
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
+                conn.execute(statement)
+            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+            version = row[0]
+            if version is None:
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"it was written by a newer Foci (job schema {version}, this one knows {SCHEMA_VERSION})")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue up."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close the database connection (the store cannot be used afterwards)."""
+        with self._lock:
+            self._flush_all_progress()
+            self._conn.close()
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _row(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+        if not isinstance(job_id, str):
+            raise UnknownJobError(f"job id must be a string, got {job_id!r}")
+        row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no job with id {job_id!r}")
+        return dict(zip(_COLUMNS, row, strict=True))
+
+    def _to_job(self, row: dict[str, Any]) -> Job:
+        try:
+            task = GenerationTask.model_validate(json.loads(row["task"]))
+        except (ValidationError, json.JSONDecodeError) as error:
+            first = str(error).splitlines()[0]
+            raise JobError(f"job {row['id']} holds a task this Foci cannot read: {first}") from None
+        progress = self._live_progress.get(row["id"]) if row["state"] == JobState.RUNNING.value else None
+        if progress is None and row["progress"]:
+            progress = JobProgress.model_validate_json(row["progress"])
+        return Job(id=row["id"], task=task, state=JobState(row["state"]), priority=row["priority"],
+                   created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+                   error=row["error"], images=[JobImage.model_validate(i) for i in json.loads(row["images"])],
+                   progress=progress, webhook_url=row["webhook_url"], attempts=row["attempts"],
+                   skipped_images=row["skipped_images"], cancel_requested=bool(row["cancel_requested"]))
+
+    def _get(self, conn: sqlite3.Connection, job_id: str) -> Job:
+        return self._to_job(self._row(conn, job_id))
+
+    def _forget_progress(self, conn: sqlite3.Connection, job_id: str) -> None:
+        """Write a job's newest in-memory progress (it is ending) and drop the memory copy."""
+        progress = self._live_progress.pop(job_id, None)
+        self._progress_written.pop(job_id, None)
+        if progress is not None:
+            conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress.model_dump_json(), job_id))
+
+    def _flush_all_progress(self) -> None:
+        if not self._live_progress:
+            return
+        with self._write() as conn:
+            for job_id, progress in self._live_progress.items():
+                conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND state = ?",
+                             (progress.model_dump_json(), job_id, JobState.RUNNING.value))
+
+    @staticmethod
+    def _require(job: dict[str, Any], *states: JobState, action: str) -> None:
+        if job["state"] not in {state.value for state in states}:
+            allowed = " or ".join(state.value for state in states)
+            raise JobError(f"cannot {action} job {job['id']}: it is {job['state']} (only {allowed} jobs)")
+
+    # ----------------------------------------------------------------------------------------- submitting
+    def submit(self, task: GenerationTask, *, priority: int = 0, webhook_url: str | None = None) -> Job:
+        """Queue a task behind every queued job of the same priority; returns the new job."""
+        if not isinstance(task, GenerationTask):
+            raise JobError(f"task must be a GenerationTask, got {type(task).__name__}")
+        priority = _check_int("priority", priority)
+        webhook_url = _check_webhook_url(webhook_url)
+        job_id = uuid.uuid4().hex
+        with self._write() as conn:
+            (last,) = conn.execute("SELECT MAX(position) FROM jobs").fetchone()
+            conn.execute(
+                "INSERT INTO jobs (id, task, state, priority, position, created_at, webhook_url) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, json.dumps(task.model_dump(mode="json")), JobState.QUEUED.value, priority,
+                 (last or 0.0) + 1.0, time.time(), webhook_url))
+            return self._get(conn, job_id)
+
+    # ----------------------------------------------------------------------------------------- reading
+    def get(self, job_id: str) -> Job:
+        """The job with this id; :class:`UnknownJobError` if there is none."""
+        with self._lock:
+            return self._get(self._conn, job_id)
+
+    def list(self, *, states: Sequence[JobState] | None = None, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Jobs in display order: running first, then queued in queue order, then the rest newest first."""
+        where, params = self._state_filter(states)
+        limit, offset = _check_int("limit", limit), _check_int("offset", offset)
+        if not 0 <= limit <= MAX_LIST_LIMIT or offset < 0:
+            raise JobError(f"limit must be 0…{MAX_LIST_LIMIT} and offset ≥ 0, got limit={limit}, offset={offset}")
+        order = ("CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, "
+                 "CASE state WHEN 'queued' THEN -priority ELSE 0 END, "
+                 "CASE state WHEN 'queued' THEN position ELSE 0 END, created_at DESC, id")
+        with self._lock:
+            rows = self._conn.execute(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+                                      (*params, limit, offset)).fetchall()
+            return [self._to_job(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+
+    def count(self, *, states: Sequence[JobState] | None = None) -> int:
+        """How many jobs are in the given states (all jobs without ``states``)."""
+        where, params = self._state_filter(states)
+        with self._lock:
+            return self._conn.execute(f"SELECT COUNT(*) FROM jobs{where}", params).fetchone()[0]
+
+    def queue_position(self, job_id: str) -> int | None:
+        """0 for the job that runs next, 1 for the one after …; None when the job is not queued."""
+        with self._lock:
+            row = self._row(self._conn, job_id)
+            if row["state"] != JobState.QUEUED.value:
+                return None
+            (ahead,) = self._conn.execute(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (priority > ? OR (priority = ? AND "
+                "(position < ? OR (position = ? AND (created_at < ? OR (created_at = ? AND id < ?))))))",
+                (row["priority"], row["priority"], row["position"], row["position"], row["created_at"],
+                 row["created_at"], row["id"])).fetchone()
+            return ahead
+
+    @staticmethod
+    def _state_filter(states: Sequence[JobState] | None) -> tuple[str, tuple[str, ...]]:
+        if states is None:
+            return "", ()
+        try:
+            values = tuple(JobState(state).value for state in states)
+        except ValueError as error:
+            raise JobError(f"{error}; states are {', '.join(s.value for s in JobState)}") from None
+        if not values:
+            return " WHERE 0", ()
+        return f" WHERE state IN ({', '.join('?' * len(values))})", values
+
+    # ----------------------------------------------------------------------------------------- the worker's side
+    def claim_next(self) -> Job | None:
+        """Atomically take the first queued job (queued → running, ``attempts`` + 1); None when none waits."""
+        with self._write() as conn:
+            row = conn.execute(f"SELECT id FROM jobs WHERE state = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT 1"
+                               ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, error = NULL, "
+                         "progress = NULL, attempts = attempts + 1, cancel_requested = 0 WHERE id = ?",
+                         (time.time(), row[0]))
+            return self._get(conn, row[0])
+
+    def complete(self, job_id: str, images: list[JobImage], *, skipped_images: int = 0) -> Job:
+        """A running job finished: done, or cancelled when a cancel was requested meanwhile (the images it made
+        are kept either way). A job that is already cancelled stays as it is."""
+        images = [image if isinstance(image, JobImage) else JobImage.model_validate(image) for image in images]
+        skipped_images = _check_int("skipped_images", skipped_images)
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            if row["state"] == JobState.CANCELLED.value:
+                return self._to_job(row)
+            self._require(row, JobState.RUNNING, action="complete")
+            state = JobState.CANCELLED if row["cancel_requested"] else JobState.DONE
+            self._forget_progress(conn, job_id)
+            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, images = ?, skipped_images = ? WHERE id = ?",
+                         (state.value, time.time(), json.dumps([i.model_dump(mode="json") for i in images]),
+                          skipped_images, job_id))
+            return self._get(conn, job_id)
+
+    def fail(self, job_id: str, error: str) -> Job:
+        """A running job raised: failed with ``error`` (cancelled when a cancel was requested meanwhile)."""
+        message = " ".join(str(error).split()) or "unknown error"
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            if row["state"] == JobState.CANCELLED.value:
+                return self._to_job(row)
+            self._require(row, JobState.RUNNING, action="fail")
+            state = JobState.CANCELLED if row["cancel_requested"] else JobState.FAILED
+            self._forget_progress(conn, job_id)
+            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
+                         (state.value, time.time(), message, job_id))
+            return self._get(conn, job_id)
+
+    def release(self, job_id: str) -> Job:
+        """Give a running job back to the queue (its worker is shutting down): it keeps its place and this run
+        does not count as an attempt. A job whose cancel was requested is cancelled instead."""
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            self._require(row, JobState.RUNNING, action="release")
+            self._forget_progress(conn, job_id)
+            if row["cancel_requested"]:
+                conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?",
+                             (time.time(), job_id))
+            else:
+                conn.execute("UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL, "
+                             "attempts = MAX(attempts - 1, 0) WHERE id = ?", (job_id,))
+            return self._get(conn, job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        """Queued → cancelled at once; running → ``cancel_requested`` (the worker stops it and it ends cancelled);
+        already cancelled → unchanged. Done and failed jobs cannot be cancelled."""
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            state = row["state"]
+            if state == JobState.QUEUED.value:
+                conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 "
+                             "WHERE id = ?", (time.time(), job_id))
+            elif state == JobState.RUNNING.value:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            elif state != JobState.CANCELLED.value:
+                raise JobError(f"cannot cancel job {job_id}: it is already {state}")
+            return self._get(conn, job_id)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        """True when the job was cancelled or a cancel of the running job is pending."""
+        with self._lock:
+            row = self._conn.execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownJobError(f"no job with id {job_id!r}")
+        return row[0] == JobState.CANCELLED.value or bool(row[1])
+
+    def set_progress(self, job_id: str, progress: JobProgress) -> None:
+        """Record a running job's progress: kept in memory at once, written to the file at most every
+        ``progress_flush_interval`` seconds. Ignored for jobs that are not running (or unknown)."""
+        now = time.monotonic()
+        with self._lock:
+            self._live_progress[job_id] = progress
+            if now - self._progress_written.get(job_id, -1e18) < self.progress_flush_interval:
+                return
+            self._progress_written[job_id] = now
+            cursor = self._conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
+                                        (progress.model_dump_json(), job_id))
+            if cursor.rowcount == 0:
+                self._live_progress.pop(job_id, None)
+                self._progress_written.pop(job_id, None)
+
+    def recover(self, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
+        """At start-up, before any worker runs: jobs left ``running`` by a crash go back to the queue at their old
+        place (ids returned). One whose cancel was pending ends cancelled; one that was already tried
+        ``max_attempts`` times ends failed, so a job that kills the process cannot loop forever."""
+        requeued: list[str] = []
+        with self._write() as conn:
+            rows = conn.execute(f"SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running' "
+                                f"ORDER BY {_QUEUE_ORDER}").fetchall()
+            now = time.time()
+            for job_id, attempts, cancel in rows:
+                self._live_progress.pop(job_id, None)
+                self._progress_written.pop(job_id, None)
+                if cancel:
+                    conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, job_id))
+                elif attempts >= max_attempts:
+                    conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                                 (now, f"the process stopped while running this job {attempts} times; giving up",
+                                  job_id))
+                else:
+                    conn.execute("UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL "
+                                 "WHERE id = ?", (job_id,))
+                    requeued.append(job_id)
+        return requeued
+
+    # ----------------------------------------------------------------------------------------- editing the queue
+    def update_task(self, job_id: str, task: GenerationTask) -> Job:
+        """Replace a queued job's task (it keeps its place)."""
+        if not isinstance(task, GenerationTask):
+            raise JobError(f"task must be a GenerationTask, got {type(task).__name__}")
+        with self._write() as conn:
+            self._require(self._row(conn, job_id), JobState.QUEUED, action="edit")
+            conn.execute("UPDATE jobs SET task = ? WHERE id = ?",
+                         (json.dumps(task.model_dump(mode="json")), job_id))
+            return self._get(conn, job_id)
+
+    def set_priority(self, job_id: str, priority: int) -> Job:
+        """Change a queued job's priority; among equal priorities it keeps its submission order."""
+        priority = _check_int("priority", priority)
+        with self._write() as conn:
+            self._require(self._row(conn, job_id), JobState.QUEUED, action="reprioritise")
+            conn.execute("UPDATE jobs SET priority = ? WHERE id = ?", (priority, job_id))
+            return self._get(conn, job_id)
+
+    def move(self, job_id: str, *, before: str | None = None, to_front: bool = False, to_back: bool = False) -> Job:
+        """Move a queued job right before another queued job, to the front or to the back of the queue.
+
+        The job lands exactly there: it takes the priority of its new neighbour (``before``), the highest queued
+        priority (``to_front``, unless its own is higher) or the lowest (``to_back``, unless its own is lower).
+        """
+        if (before is not None) + bool(to_front) + bool(to_back) != 1:
+            raise JobError("move needs exactly one of before=<job id>, to_front=True, to_back=True")
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            self._require(row, JobState.QUEUED, action="move")
+            if before is not None:
+                if before == job_id:
+                    raise JobError("cannot move a job before itself")
+                target = self._row(conn, before)
+                if target["state"] != JobState.QUEUED.value:
+                    raise JobError(f"cannot move before job {before}: it is {target['state']}, not queued")
+                priority, position = target["priority"], self._position_before(conn, job_id, target)
+            elif to_front:
+                priority, position = self._edge(conn, row, front=True)
+            else:
+                priority, position = self._edge(conn, row, front=False)
+            conn.execute("UPDATE jobs SET priority = ?, position = ? WHERE id = ?", (priority, position, job_id))
+            return self._get(conn, job_id)
+
+    def _position_before(self, conn: sqlite3.Connection, job_id: str, target: dict[str, Any]) -> float:
+        """A position between ``target`` and the queued job ahead of it (same priority), renumbering when the
+        floating-point gap has run out."""
+        for _ in range(2):
+            ahead = conn.execute(
+                "SELECT position FROM jobs WHERE state = 'queued' AND priority = ? AND position < ? AND id != ? "
+                "ORDER BY position DESC LIMIT 1", (target["priority"], target["position"], job_id)).fetchone()
+            if ahead is None:
+                return target["position"] - 1.0
+            middle = (ahead[0] + target["position"]) / 2.0
+            if ahead[0] < middle < target["position"] and target["position"] - ahead[0] > _MIN_GAP:
+                return middle
+            self._renumber(conn, target["priority"])
+            target = self._row(conn, target["id"])
+        raise JobError("could not find a queue position; the queue is inconsistent")  # pragma: no cover
+
+    @staticmethod
+    def _renumber(conn: sqlite3.Connection, priority: int) -> None:
+        """Spread the queued jobs of one priority to whole-number positions, keeping their order."""
+        rows = conn.execute("SELECT id, position FROM jobs WHERE state = 'queued' AND priority = ? "
+                            f"ORDER BY {_QUEUE_ORDER}", (priority,)).fetchall()
+        if not rows:
+            return
+        start = float(int(rows[0][1]) - 1)
+        for offset, (job_id, _) in enumerate(rows):
+            conn.execute("UPDATE jobs SET position = ? WHERE id = ?", (start + offset, job_id))
+
+    @staticmethod
+    def _edge(conn: sqlite3.Connection, row: dict[str, Any], *, front: bool) -> tuple[int, float]:
+        pick = "MAX" if front else "MIN"
+        (extreme,) = conn.execute(f"SELECT {pick}(priority) FROM jobs WHERE state = 'queued' AND id != ?",
+                                  (row["id"],)).fetchone()
+        if extreme is None:
+            return row["priority"], row["position"]
+        priority = max(extreme, row["priority"]) if front else min(extreme, row["priority"])
+        end = "MIN" if front else "MAX"
+        (edge,) = conn.execute(f"SELECT {end}(position) FROM jobs WHERE state = 'queued' AND priority = ? "
+                               "AND id != ?", (priority, row["id"])).fetchone()
+        if edge is None:
+            return priority, row["position"]
+        return priority, edge - 1.0 if front else edge + 1.0
+
+    def delete(self, job_id: str) -> None:
+        """Remove a finished job from the history (its image files stay)."""
+        with self._write() as conn:
+            row = self._row(conn, job_id)
+            if JobState(row["state"]) not in FINAL_STATES:
+                raise JobError(f"cannot delete job {job_id}: it is {row['state']}; cancel it first")
+            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

@@ -1,0 +1,311 @@
+"""The worker: one thread per device that takes jobs from the store and runs them on its own engine.
+
+    store, bus = JobStore(path), EventBus()
+    store.recover()                                   # once, before any worker starts
+    worker = Worker(store, Engine(...), bus, webhook=post_webhooks)
+    worker.start()
+    ...
+    worker.stop()                                     # a job still running goes back to the queue
+
+For each job it publishes ``started``, then ``progress`` (every step, with an ETA and, at most every
+``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
+finished image and finally ``done``, ``failed`` or ``cancelled``. The webhook callable, if any, gets the final job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from foci.service.events import EventBus, EventKind, JobEvent
+from foci.service.jobs import Job, JobError, JobImage, JobProgress, JobStore, UnknownJobError
+
+if TYPE_CHECKING:
+    from foci.pipeline import ProgressEvent
+    from foci.task import GenerationTask
+
+_log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 500
+
+
+class EngineLike(Protocol):
+    """What the worker needs of :class:`foci.pipeline.Engine` (tests pass lighter stand-ins)."""
+
+    output_dir: Path
+
+    def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
+                 interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list[Any]: ...
+
+
+@dataclass
+class _Run:
+    """What the worker tracks while one job runs (shared by the engine callbacks and :meth:`Worker.skip`)."""
+
+    job: Job
+    expect_image_start: bool = True  # the engine's next interrupt() call is its per-image "stop?" check
+    skip_pending: bool = False
+    skip_image: int = 0
+    skipped: int = 0
+    image_index: int = -1
+    step: int = 0
+    total_steps: int = 0
+    rate_origin: tuple[float, int] | None = None
+    stored_at: float = -math.inf
+    stored_image: int = -1
+    preview_at: float = -math.inf
+    cancelled: bool = False
+    shutdown: bool = False
+
+
+def one_line_error(error: BaseException) -> str:
+    """An exception as one short line: the message of errors meant for users, else ``Type: message``."""
+    from foci.pipeline import GenerationError  # the engine module is heavy; only needed once something failed
+
+    message = " ".join(str(error).split())
+    if not isinstance(error, GenerationError | JobError):
+        message = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    message = message or "unknown error"
+    return message if len(message) <= MAX_ERROR_CHARS else message[: MAX_ERROR_CHARS - 1] + "…"
+
+
+class Worker:
+    """Runs queued jobs one at a time on ``engine`` in a background thread (see the module docstring).
+
+    Several workers (one per device, each with its own engine) may share one store: claiming is atomic.
+    """
+
+    def __init__(self, store: JobStore, engine: EngineLike, bus: EventBus, *, poll_interval: float = 0.2,
+                 webhook: Callable[[Job], None] | None = None, previews: bool = True,
+                 progress_interval: float = 0.2, preview_interval: float = 0.5, preview_size: int = 256,
+                 name: str = "foci-worker") -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        self.store = store
+        self.engine = engine
+        self.bus = bus
+        self.poll_interval = poll_interval
+        self.webhook = webhook
+        self.previews = previews
+        self.progress_interval = progress_interval
+        self.preview_interval = preview_interval
+        self.preview_size = preview_size
+        self.name = name
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._run: _Run | None = None
+        self._preview_failed = False
+
+    # ----------------------------------------------------------------------------------------- control
+    @property
+    def current_job_id(self) -> str | None:
+        """The id of the job running now, or None."""
+        with self._lock:
+            return self._run.job.id if self._run is not None else None
+
+    @property
+    def alive(self) -> bool:
+        """True while the worker thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the worker thread (does nothing if it already runs)."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop the thread: a running job is interrupted at its next step and goes back to the queue."""
+        self._stopping.set()
+        self._wake.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                _log.warning("worker %s did not stop within %.1f s (a model may still be loading)", self.name,
+                             timeout)
+
+    def wake(self) -> None:
+        """Look for a queued job now instead of at the next poll (call after submitting)."""
+        self._wake.set()
+
+    def skip(self, job_id: str) -> bool:
+        """Abandon the image being made for ``job_id`` and go on with its next one. False when that job is not
+        running on this worker."""
+        with self._lock:
+            run = self._run
+            if run is None or run.job.id != job_id:
+                return False
+            run.skip_pending = True
+            finished_image = run.total_steps > 0 and run.step >= run.total_steps
+            run.skip_image = max(run.image_index, 0) + (1 if finished_image else 0)
+            return True
+
+    # ----------------------------------------------------------------------------------------- the loop
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                job = self.run_once()
+            except Exception:  # a store failure must not end the worker
+                _log.exception("worker %s: could not run the next job", self.name)
+                job = None
+            if job is None:
+                self._wake.wait(self.poll_interval)
+
+    def run_once(self) -> Job | None:
+        """Claim the next queued job and run it in this thread; returns the job as it ended (None if none was
+        queued). The worker thread calls this in a loop; tests and scripts may call it directly."""
+        if self._stopping.is_set():
+            return None
+        job = self.store.claim_next()
+        if job is None:
+            return None
+        return self._run_job(job)
+
+    def _run_job(self, job: Job) -> Job:
+        run = _Run(job)
+        with self._lock:
+            self._run = run
+        try:
+            self._publish(JobEvent.for_job(job, "started"))
+            try:
+                results = self.engine.generate(job.task, on_progress=partial(self._on_progress, run),
+                                               interrupt=partial(self._interrupt, run), save=True)
+            except Exception as error:  # noqa: BLE001 - any failure of a task ends that job, never the worker
+                if run.shutdown and not run.cancelled:
+                    return self._release(job)
+                _log.warning("job %s failed: %s", job.id, error, exc_info=_log.isEnabledFor(logging.DEBUG))
+                final = self.store.fail(job.id, one_line_error(error))
+            else:
+                if run.shutdown and not run.cancelled:
+                    return self._release(job)
+                images = [self._job_image(result) for result in results]
+                for image in images:
+                    self._publish(JobEvent.for_job(job, "image", image=image))
+                final = self.store.complete(job.id, images, skipped_images=run.skipped)
+            kind: EventKind = final.state.value  # type: ignore[assignment]  # done, failed or cancelled
+            self._publish(JobEvent.for_job(final, kind, progress=final.progress))
+            self._notify(final)
+            return final
+        finally:
+            with self._lock:
+                self._run = None
+
+    def _release(self, job: Job) -> Job:
+        released = self.store.release(job.id)
+        kind: EventKind = "queued" if released.state.value == "queued" else "cancelled"
+        self._publish(JobEvent.for_job(released, kind))
+        if kind == "cancelled":
+            self._notify(released)
+        return released
+
+    def _notify(self, job: Job) -> None:
+        if self.webhook is None:
+            return
+        try:
+            self.webhook(job)
+        except Exception:  # noqa: BLE001 - a webhook must never stop the worker
+            _log.exception("webhook for job %s failed", job.id)
+
+    def _publish(self, event: JobEvent) -> None:
+        try:
+            self.bus.publish(event)
+        except Exception:  # noqa: BLE001
+            _log.exception("publishing a %s event for job %s failed", event.kind, event.job_id)
+
+    def _job_image(self, result: Any) -> JobImage:
+        path = Path(result.path)
+        try:
+            relative = path.resolve().relative_to(Path(self.engine.output_dir).resolve()).as_posix()
+        except ValueError:
+            relative = path.resolve().as_posix()
+        width, height = result.image.size
+        return JobImage(path=relative, seed=int(result.seed), width=int(width), height=int(height))
+
+    # ----------------------------------------------------------------------------------------- engine callbacks
+    def _interrupt(self, run: _Run) -> str | None:
+        """The engine asks before every image and every step: "stop" for a shutdown or a cancel, "skip" once
+        per :meth:`skip` — only at a step, because the per-image check ignores anything but "stop"."""
+        if self._stopping.is_set():
+            run.shutdown = True
+            return "stop"
+        try:
+            cancelled = self.store.cancel_requested(run.job.id)
+        except UnknownJobError:
+            cancelled = True
+        except Exception:  # noqa: BLE001 - a busy database must not kill the job
+            _log.warning("could not check job %s for a cancel", run.job.id, exc_info=True)
+            cancelled = False
+        if cancelled:
+            run.cancelled = True
+            return "stop"
+        with self._lock:
+            if run.expect_image_start:
+                run.expect_image_start = False
+                return None
+            if not run.skip_pending:
+                return None
+            run.skip_pending = False
+            run.expect_image_start = True
+            run.skipped += 1
+        self._publish(JobEvent.for_job(run.job, "skipped"))
+        return "skip"
+
+    def _on_progress(self, run: _Run, event: ProgressEvent) -> None:
+        try:
+            self._report_progress(run, event)
+        except Exception:  # noqa: BLE001 - a reporting problem must not fail the image
+            _log.warning("progress report for job %s failed", run.job.id, exc_info=True)
+
+    def _report_progress(self, run: _Run, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        new_image = event.image_index != run.image_index
+        with self._lock:
+            run.image_index, run.step, run.total_steps = event.image_index, event.step, event.total_steps
+            if event.step >= event.total_steps:
+                run.expect_image_start = True  # the next interrupt() is the check before the next image
+            if run.skip_pending and event.image_index > run.skip_image:
+                run.skip_pending = False  # the image it was meant for is over
+        done = event.image_index * event.total_steps + event.step
+        overall = max(event.image_count * event.total_steps, 1)
+        eta = None
+        if run.rate_origin is None:
+            run.rate_origin = (now, done)
+        elif done > run.rate_origin[1]:
+            per_step = (now - run.rate_origin[0]) / (done - run.rate_origin[1])
+            eta = round(max(overall - done, 0) * per_step, 2)
+        progress = JobProgress(
+            percent=round(float(event.percent), 2), step=event.step, total_steps=event.total_steps,
+            image_index=event.image_index, image_count=event.image_count, eta_seconds=eta,
+            message=f"Image {event.image_index + 1} of {event.image_count}: step {event.step}/{event.total_steps}")
+        if new_image or event.step >= event.total_steps or now - run.stored_at >= self.progress_interval:
+            run.stored_at = now
+            self.store.set_progress(run.job.id, progress)
+        preview = None
+        if (self.previews and event.denoised is not None and not self._preview_failed
+                and now - run.preview_at >= self.preview_interval):
+            run.preview_at = now
+            preview = self._preview(event)
+        self._publish(JobEvent.for_job(run.job, "progress", progress=progress, preview_png=preview))
+
+    def _preview(self, event: ProgressEvent) -> str | None:
+        try:
+            from foci.service.previews import latent_preview, png_base64
+
+            return png_base64(latent_preview(event.denoised, max_size=self.preview_size))
+        except Exception:  # noqa: BLE001 - e.g. a latent with other channels; previews just stop
+            _log.warning("live previews disabled: the latent could not be previewed", exc_info=True)
+            self._preview_failed = True
+            return None
