@@ -22,10 +22,13 @@ install-test: $(BIN)/python
 # Generate with MODEL (a path or a name in models/checkpoints); without one, a tiny random test checkpoint is
 # written first so the whole path can be tried offline.
 run: install
-	@if [ -z "$(MODEL)" ] && ! ls models/checkpoints/*.safetensors >/dev/null 2>&1; then \
-		echo "no checkpoint in models/checkpoints: writing a tiny random one (images will be noise)"; \
-		$(BIN)/foci dev make-checkpoint --tiny models/checkpoints/foci-tiny-random.safetensors; \
-		$(BIN)/foci generate "$(PROMPT)" --aspect 256*256 --image-number 1 $(RUN_ARGS); \
+	@if [ -z "$(MODEL)" ] && { [ -f models/checkpoints/foci-tiny-random.safetensors ] || \
+		! ls models/checkpoints/*.safetensors >/dev/null 2>&1; }; then \
+		echo "no checkpoint in models/checkpoints: using a tiny random one (images will be noise)"; \
+		[ -f models/checkpoints/foci-tiny-random.safetensors ] || \
+			$(BIN)/foci dev make-checkpoint --tiny models/checkpoints/foci-tiny-random.safetensors; \
+		$(BIN)/foci generate "$(PROMPT)" --model models/checkpoints/foci-tiny-random.safetensors \
+			--styles "" --lora none --aspect 256*256 --image-number 1 $(RUN_ARGS); \
 	else \
 		$(BIN)/foci generate "$(PROMPT)" $(if $(MODEL),--model "$(MODEL)") $(RUN_ARGS); \
 	fi
