@@ -195,7 +195,7 @@ class EventBus:
 
     def subscribe(self, job_id: str | None = None, *, maxsize: int | None = None) -> Subscription:
         """Events of one job (or of every job with None) from now on."""
-        subscription = Subscription(self, job_id, maxsize or self.buffer_size)
+        subscription = Subscription(self, job_id, self.buffer_size if maxsize is None else maxsize)
         with self._lock:
             self._subscriptions.append(subscription)
         return subscription

@@ -108,7 +108,7 @@ class UnknownJobError(JobError):
 _COLUMNS = ("id", "task", "state", "priority", "position", "created_at", "started_at", "finished_at", "error",
             "images", "progress", "webhook_url", "attempts", "skipped_images", "cancel_requested")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_QUEUE_ORDER = "priority DESC, position ASC, created_at ASC, id ASC"
+_QUEUE_ORDER = "priority DESC, position ASC, created_at ASC, rowid ASC"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY,
@@ -291,7 +291,7 @@ class JobStore:
             raise JobError(f"limit must be 0…{MAX_LIST_LIMIT} and offset ≥ 0, got limit={limit}, offset={offset}")
         order = ("CASE state WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, "
                  "CASE state WHEN 'queued' THEN -priority ELSE 0 END, "
-                 "CASE state WHEN 'queued' THEN position ELSE 0 END, created_at DESC, id")
+                 "CASE state WHEN 'queued' THEN position ELSE 0 END, created_at DESC, rowid DESC")
         with self._lock:
             rows = self._conn.execute(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?",
                                       (*params, limit, offset)).fetchall()
