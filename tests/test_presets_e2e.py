@@ -184,3 +184,22 @@ def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tm
     assert main([*args[:-2], "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("foci: error: offline") and REALISTIC_LORA in err and "models/loras" in err
+
+
+@pytest.mark.parametrize(("preset", "aspect", "cfg", "styles", "performance", "steps"), [
+    ("realistic", "896*1152", 3.0, ["Fooocus V2", "Fooocus Photograph", "Fooocus Negative"], "Speed", 30),
+    ("lightning", "1152*896", 4.0, ["Fooocus V2", "Fooocus Enhance", "Fooocus Sharp"], "Lightning", 4),
+    ("playground_v2.5", "1024*1024", 2.0, ["Fooocus V2"], "Speed", 30),
+])
+def test_preset_values_reach_the_task(preset: str, aspect: str, cfg: float, styles: list[str], performance: str,
+                                      steps: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foci.cli import _load_settings, _task_from_args, build_parser
+    from foci.performance import apply_performance
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["generate", "a cat", "--preset", preset, "--seed", "1"])
+    settings, _ = _load_settings(args)
+    task, performance_loras = apply_performance(_task_from_args(args, settings))
+    assert (task.aspect_ratio, task.guidance_scale, task.styles) == (aspect, cfg if steps != 4 else 1.0, styles)
+    assert (task.performance, task.effective_steps) == (performance, steps)
+    assert [name for name, _ in performance_loras] == (["sdxl_lightning_4step_lora.safetensors"] if steps == 4 else [])
