@@ -28,15 +28,3 @@ class PromptPlan:
     negative_top_k: int
     expansion: str = ""
     extra: dict[str, str] = field(default_factory=dict)
-
-
-def assemble_prompts(prompt: str, negative_prompt: str) -> PromptPlan:
-    """Plain assembly without styles or expansion: line 1 main prompt, further lines extra items.
-
-    An empty list becomes one empty item, as Fooocus's ``remove_empty_str(default=...)`` does.
-    """
-    positive_lines = split_lines(prompt)
-    negative_lines = split_lines(negative_prompt)
-    positive = positive_lines or [""]
-    negative = negative_lines or [""]
-    return PromptPlan(positive, negative, len(positive), len(negative))
