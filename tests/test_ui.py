@@ -1,0 +1,297 @@
+"""Web UI: control ↔ task mapping, the history page, and the real app in headless Chromium (Playwright).
+
+The browser tests start the FastAPI app with the mounted Gradio UI under uvicorn on 127.0.0.1, with a real worker
+and engine on the tiny checkpoint, and drive it like a user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from foci.config import FociSettings  # noqa: E402
+from foci.metadata import ImageRecord, to_fooocus_json  # noqa: E402
+from foci.pipeline import Engine  # noqa: E402
+from foci.service.events import EventBus  # noqa: E402
+from foci.service.jobs import JobImage, JobState, JobStore  # noqa: E402
+from foci.service.ui import (  # noqa: E402
+    UIError,
+    build_ui,
+    mount_ui,
+    parse_seed,
+    progress_html,
+    task_from_values,
+    values_from_task,
+)
+from foci.service.worker import Worker  # noqa: E402
+from foci.task import GenerationTask, LoraSpec  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
+TIMEOUT_MS = 60_000
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None,
+                                    reason="Debian chromium (/usr/bin/chromium) is not installed")
+
+
+def _defaults(checkpoint: Path) -> dict[str, Any]:
+    return dict(base_model=str(checkpoint), styles=[], loras=[], aspect_ratio="64*64", steps=2, image_number=1,
+                performance="Speed")
+
+
+# ------------------------------------------------------------------------------------------ no browser
+def test_controls_round_trip_through_a_task() -> None:
+    task = GenerationTask(prompt="a fox\nsecond line", negative_prompt="blur", styles=["Fooocus Sharp"],
+                          performance="Quality", aspect_ratio="832*1216", image_number=3, seed=2**62 + 5,
+                          guidance_scale=6.5, sharpness=3.0, sampler="euler_ancestral", scheduler="normal",
+                          clip_skip=1, base_model="base.safetensors", refiner_model="ref.safetensors",
+                          refiner_switch=0.7, loras=[LoraSpec(name="a.safetensors", weight=0.4, enabled=False)],
+                          freeu={"enabled": True, "b1": 1.1}, overwrite_width=512, output_format="webp",
+                          metadata_scheme="a1111", steps=12)
+    values = values_from_task(task, lora_rows=5)
+    assert values["overwrite_step"] == 12  # explicit steps differing from the mode's show as the forced steps
+    assert values["lora_name_1"] == "None" and values["refiner_model"] == "ref.safetensors"
+    rebuilt = task_from_values(values, lora_rows=5)
+    expected = task.model_dump() | {"steps": 30, "overwrite_step": 12}
+    assert rebuilt.model_dump() == expected
+    assert rebuilt.effective_steps == task.effective_steps == 12
+
+
+def test_bad_control_values_give_readable_errors() -> None:
+    values = values_from_task(GenerationTask(base_model="b.safetensors"), lora_rows=5)
+    with pytest.raises(UIError, match="seed must be a whole number"):
+        task_from_values(values | {"seed": "12x"}, lora_rows=5)
+    with pytest.raises(UIError, match="guidance_scale"):
+        task_from_values(values | {"guidance_scale": 99}, lora_rows=5)
+    with pytest.raises(UIError, match="base model"):
+        task_from_values(values | {"base_model": ""}, lora_rows=5)
+    with pytest.raises(UIError, match="between 0 and"):
+        parse_seed(str(2**63))
+    assert parse_seed(" 42 ") == 42
+    assert task_from_values(values, lora_rows=5, seed=9).seed == 9
+    assert "&lt;b&gt;" in progress_html(50, "<b>")
+
+
+# ------------------------------------------------------------------------------------------ live server
+@dataclass
+class LiveUI:
+    url: str
+    store: JobStore
+    worker: Worker
+    output_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_ui(engine: Engine, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveUI]:
+    """The app factory a deployment would use, in miniature: store, bus, worker, engine, API-less FastAPI + UI."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    root = tmp_path_factory.mktemp("ui")
+    store = JobStore(root / "jobs.sqlite3")
+    bus = EventBus()
+    worker = Worker(store, engine, bus, poll_interval=0.05)
+    blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=FociSettings(),
+                      output_dir=engine.output_dir, defaults=_defaults(tiny_checkpoint), root=root)
+    app = mount_ui(FastAPI(), blocks)
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    worker.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield LiveUI(url=f"http://127.0.0.1:{port}", store=store, worker=worker, output_dir=engine.output_dir)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        worker.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium (/usr/bin/chromium) is not installed")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, live_ui: LiveUI) -> Iterator[Any]:
+    """A fresh browser context (so a fresh Gradio session) on the UI, fully loaded."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    tab = context.new_page()
+    tab.goto(live_ui.url + "/")
+    tab.locator("#foci-generate").wait_for(state="visible")
+    try:
+        yield tab
+    finally:
+        context.close()
+
+
+def _wait_for(condition: Any, timeout: float = 60, message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {message}")
+
+
+def _open_advanced(page: Any) -> None:
+    page.locator("#foci-advanced input[type=checkbox]").check()
+    page.locator("#foci-right").wait_for(state="visible")
+
+
+def _progress_text(page: Any) -> str:
+    return page.locator("#foci-progress .foci-progress-text").inner_text()
+
+
+@needs_chromium
+def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    # Record every progress line the page shows (steps can pass faster than a poll would notice).
+    page.evaluate("""() => {
+        window.fociTexts = [];
+        new MutationObserver(() => {
+            const text = document.querySelector('#foci-progress .foci-progress-text');
+            if (text) window.fociTexts.push(text.textContent);
+        }).observe(document.body, {subtree: true, childList: true, characterData: true});
+    }""")
+    page.locator("#foci-prompt textarea").fill("a red apple on a table")
+    page.locator("#foci-generate").click()
+    page.locator("#foci-gallery img").first.wait_for(state="visible")
+    page.get_by_text("Finished: 1 image").wait_for()
+    texts = page.evaluate("window.fociTexts")
+    assert any(text.startswith("Sampling step 1/2, image 1/1") for text in texts), texts
+    assert page.locator("#foci-generate").is_visible() and not page.locator("#foci-stop").is_visible()
+
+    (job,) = [job for job in live_ui.store.list() if job.task.prompt == "a red apple on a table"]
+    assert job.state is JobState.DONE and len(job.images) == 1
+    assert job.task.styles == [] and job.task.aspect_ratio == "64*64" and job.task.effective_steps == 2
+    assert (live_ui.output_dir / job.images[0].path).is_file()
+
+    # The history page lists the job with its thumbnail, served from the output folder.
+    history = httpx.get(live_ui.url + "/history", timeout=10)
+    assert history.status_code == 200 and "a red apple on a table" in history.text
+    thumbnail = httpx.get(f"{live_ui.url}/history/image/{job.id}/0", timeout=10)
+    assert thumbnail.status_code == 200 and thumbnail.content.startswith(b"\x89PNG")
+    assert httpx.get(f"{live_ui.url}/history/image/{job.id}/5", timeout=10).status_code == 404
+
+    _open_advanced(page)
+    page.screenshot(path=str(tmp_path / "foci_ui.png"), full_page=True)
+    shutil.copyfile(tmp_path / "foci_ui.png", "/tmp/foci_ui.png")
+
+
+@needs_chromium
+def test_stop_cancels_a_long_job(page: Any, live_ui: LiveUI) -> None:
+    _open_advanced(page)
+    page.get_by_role("tab", name="Advanced").click()
+    page.locator("#foci-developer input[type=checkbox]").check()
+    page.get_by_role("tab", name="Overrides").click()
+    page.locator("#foci-overwrite-step input").fill("40")
+    page.locator("#foci-prompt textarea").fill("a very slow painting")
+    page.locator("#foci-generate").click()
+    page.get_by_text("Sampling step").wait_for()
+    page.locator("#foci-stop").click()
+    page.get_by_text("Stopped").wait_for()
+    (job,) = [job for job in live_ui.store.list() if job.task.prompt == "a very slow painting"]
+    assert job.task.effective_steps == 40
+    final = _wait_for(lambda: (j := live_ui.store.get(job.id)).state.final and j, message="the job to end")
+    assert final.state is JobState.CANCELLED and final.images == []
+    page.locator("#foci-generate").wait_for(state="visible")
+
+
+@needs_chromium
+def test_pasted_metadata_restores_the_controls(page: Any, live_ui: LiveUI, tiny_checkpoint: Path) -> None:
+    task = GenerationTask(prompt="a lighthouse at dusk", negative_prompt="fog", seed=123456789012,
+                          sampler="euler_ancestral", scheduler="normal", guidance_scale=5.5, steps=2, styles=[],
+                          aspect_ratio="64*64", base_model=tiny_checkpoint.name)
+    record = ImageRecord(task=task, seed=task.seed, width=64, height=64, positive_items=[task.prompt],
+                         negative_items=["fog"], base_model_name=tiny_checkpoint.name, software="Foci test",
+                         device="cpu")
+    page.locator("#foci-prompt textarea").fill(to_fooocus_json(record))
+    page.locator("#foci-load-parameters").click()
+    prompt = page.locator("#foci-prompt textarea")
+    _wait_for(lambda: prompt.input_value() == "a lighthouse at dusk", message="the restored prompt")
+    _open_advanced(page)
+    assert page.locator("#foci-seed input, #foci-seed textarea").first.input_value() == "123456789012"
+    assert page.locator("#foci-negative textarea").input_value() == "fog"
+    assert not page.locator("#foci-random input[type=checkbox]").is_checked()
+    page.get_by_role("tab", name="Advanced").click()
+    page.locator("#foci-developer input[type=checkbox]").check()
+    assert page.locator("#foci-sampler input").input_value() == "euler_ancestral"
+    assert page.locator("#foci-scheduler input").input_value() == "normal"
+
+
+@needs_chromium
+def test_advanced_shows_the_tabs_and_bad_input_queues_nothing(page: Any, live_ui: LiveUI) -> None:
+    assert not page.locator("#foci-right").is_visible()
+    _open_advanced(page)
+    for name in ("Settings", "Styles", "Models", "Advanced"):
+        assert page.get_by_role("tab", name=name).is_visible()
+    assert page.locator("#foci-history-link").get_attribute("href") == "/history"
+    page.get_by_role("tab", name="Styles").click()
+    styles = page.locator("#foci-styles")
+    assert styles.get_by_label("Fooocus V2").count() == 1
+    page.locator("#foci-style-search input, #foci-style-search textarea").first.fill("cinematic")
+    _wait_for(lambda: styles.get_by_label("Fooocus V2").count() == 0, message="the style filter")
+
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#foci-random input[type=checkbox]").uncheck()
+    page.locator("#foci-seed input, #foci-seed textarea").first.fill("not a number")
+    before = len(live_ui.store.list(limit=1000))
+    page.locator("#foci-prompt textarea").fill("never queued")
+    page.locator("#foci-generate").click()
+    page.get_by_text("seed must be a whole number").first.wait_for()
+    assert len(live_ui.store.list(limit=1000)) == before
+
+
+def test_history_page_escapes_and_guards_paths(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    job = store.submit(GenerationTask(prompt="<script>x</script>", base_model="b.safetensors"))
+    claimed = store.claim_next()
+    assert claimed is not None and claimed.id == job.id
+    store.complete(job.id, [JobImage(path="../secret.png", seed=1, width=64, height=64)])
+    (tmp_path / "secret.png").write_bytes(b"\x89PNG")
+    blocks = build_ui(store=store, bus=EventBus(), worker=None, engine=engine, settings=FociSettings(),
+                      output_dir=outputs, defaults=_defaults(tiny_checkpoint), root=tmp_path)
+    client = TestClient(mount_ui(FastAPI(), blocks))
+    page = client.get("/history")
+    assert page.status_code == 200
+    assert "<script>x</script>" not in page.text and "&lt;script&gt;" in page.text
+    assert client.get(f"/history/image/{job.id}/0").status_code == 404
+    assert client.get("/history/image/nope/0").status_code == 404
