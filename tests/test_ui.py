@@ -295,3 +295,76 @@ def test_history_page_escapes_and_guards_paths(tmp_path: Path, tiny_checkpoint: 
     assert "<script>x</script>" not in page.text and "&lt;script&gt;" in page.text
     assert client.get(f"/history/image/{job.id}/0").status_code == 404
     assert client.get("/history/image/nope/0").status_code == 404
+
+
+@needs_chromium
+def test_dropped_image_restores_its_parameters(page: Any, tmp_path: Path, tiny_checkpoint: Path) -> None:
+    from PIL import Image
+
+    from foci.outputs import save_image
+
+    task = GenerationTask(prompt="a quiet harbour", seed=777, sampler="dpmpp_2m", guidance_scale=3.5, steps=2,
+                          styles=[], aspect_ratio="64*64", base_model=tiny_checkpoint.name, metadata_scheme="a1111")
+    record = ImageRecord(task=task, seed=777, width=64, height=64, positive_items=[task.prompt], negative_items=[],
+                         base_model_name=tiny_checkpoint.name, software="Foci test", device="cpu")
+    image = save_image(Image.new("RGB", (64, 64), "navy"), tmp_path / "dropped.png", record=record, scheme="a1111")
+    _open_advanced(page)
+    page.locator("#foci-metadata-file input[type=file]").set_input_files(str(image))
+    prompt = page.locator("#foci-prompt textarea")
+    _wait_for(lambda: prompt.input_value() == "a quiet harbour", message="the restored prompt")
+    assert page.locator("#foci-seed input, #foci-seed textarea").first.input_value() == "777"
+
+
+@needs_chromium
+def test_generate_forever_until_stop(page: Any, live_ui: LiveUI) -> None:
+    prompt = "an endless series"
+    page.locator("#foci-forever input[type=checkbox]").check()
+    page.locator("#foci-prompt textarea").fill(prompt)
+    page.locator("#foci-generate").click()
+
+    def jobs() -> list[Any]:
+        return [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
+
+    _wait_for(lambda: sum(job.state is JobState.DONE for job in jobs()) >= 2, message="two finished jobs")
+    page.locator("#foci-stop").click()
+    page.locator("#foci-generate").wait_for(state="visible")
+    time.sleep(0.5)  # nothing new may be submitted after Stop
+    ended = jobs()
+    assert all(job.state.final for job in ended), [job.state for job in ended]
+    assert len({job.task.seed for job in ended}) == len(ended)  # a fresh random seed each round
+
+
+@needs_chromium
+def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
+    prompt = "two pictures, one skipped"
+    _open_advanced(page)
+    page.locator("#foci-image-number input[type=number]").fill("2")
+    page.locator("#foci-image-number input[type=number]").press("Enter")
+    page.get_by_role("tab", name="Advanced").click()
+    page.locator("#foci-developer input[type=checkbox]").check()
+    page.get_by_role("tab", name="Overrides").click()
+    page.locator("#foci-overwrite-step input").fill("12")
+    page.locator("#foci-prompt textarea").fill(prompt)
+    page.locator("#foci-generate").click()
+    page.get_by_text("image 1/2").first.wait_for()
+    page.locator("#foci-skip").click()
+    page.get_by_text("Finished: 1 image, 1 skipped").wait_for()
+    (job,) = [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
+    assert job.state is JobState.DONE and job.skipped_images == 1 and len(job.images) == 1
+    assert job.images[0].seed == job.task.seed + 1
+
+
+def test_preset_switch_fills_the_controls(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:
+    blocks = build_ui(store=JobStore(tmp_path / "jobs.sqlite3"), bus=EventBus(), worker=None, engine=engine,
+                      settings=FociSettings(), output_dir=tmp_path, defaults=_defaults(tiny_checkpoint),
+                      root=tmp_path)
+    ui = blocks.controller
+    current = values_from_task(ui.default_task, lora_rows=ui.lora_rows) | {"prompt": "my own prompt", "seed": "5"}
+    updates = dict(zip(ui.control_names, ui.load_preset("anime", *[current[name] for name in ui.control_names]),
+                       strict=True))
+    assert updates["prompt"] == "my own prompt" and updates["seed"] == "5"
+    assert updates["guidance_scale"] == 6.0 and updates["performance"] == "Speed"
+    assert updates["base_model"] != str(tiny_checkpoint)  # the preset's own model
+    task = task_from_values({name: getattr(value, "value", value) for name, value in updates.items()},
+                            lora_rows=ui.lora_rows)
+    assert task.guidance_scale == 6.0 and task.prompt == "my own prompt"

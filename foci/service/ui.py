@@ -17,7 +17,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +308,11 @@ class FociUI:
         with self._lock:
             return self._sessions.setdefault(key, _Session())
 
+    @property
+    def control_names(self) -> list[str]:
+        """Names of the task controls in layout order (the order of preset/metadata update lists)."""
+        return list(self._fields.components)
+
     def running_job(self, request: gr.Request | None) -> str | None:
         """The job id the session's Generate is following, if any."""
         return self._session(request).job_id
@@ -373,7 +378,7 @@ class FociUI:
                         gr.HTML(f'<a href="{HISTORY_PATH}" target="_blank" id="foci-history-link">'
                                 'History of generated images</a>')
                         image_file = gr.File(label="Load parameters from an image", file_types=["image"],
-                                             type="filepath", elem_id="foci-metadata-file", height=90)
+                                             type="filepath", elem_id="foci-metadata-file")
                     with gr.Tab("Styles", elem_id="foci-tab-styles"):
                         style_search = gr.Textbox(label="Search styles", placeholder="Type to filter styles",
                                                   max_lines=1, elem_id="foci-style-search")
@@ -724,13 +729,14 @@ class FociUI:
                 *[gr.Dropdown(choices=loras) for _ in range(self.lora_rows)]]
 
     # -------------------------------------------------------------------------------------- history page
-    def history_router(self) -> APIRouter:
-        """``GET /history`` (recent jobs with thumbnails) and ``GET /history/image/{job_id}/{index}``."""
-        router = APIRouter()
+    def history_router(self, *, ui_path: str = "/", dependencies: Sequence[Any] = ()) -> APIRouter:
+        """``GET /history`` (recent jobs with thumbnails, linking back to the UI at ``ui_path``) and
+        ``GET /history/image/{job_id}/{index}``; ``dependencies`` (e.g. an auth check) guard both."""
+        router = APIRouter(dependencies=list(dependencies))
 
         @router.get(HISTORY_PATH, response_class=HTMLResponse, include_in_schema=False)
         def history(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0)) -> HTMLResponse:
-            return HTMLResponse(self.history_html(limit=limit, offset=offset))
+            return HTMLResponse(self.history_html(limit=limit, offset=offset, ui_path=ui_path))
 
         @router.get(HISTORY_PATH + "/image/{job_id}/{index}", include_in_schema=False)
         def history_image(job_id: str, index: int) -> FileResponse:
@@ -751,7 +757,7 @@ class FociUI:
             raise HTTPException(404, "image file not found")
         return path
 
-    def history_html(self, *, limit: int = 50, offset: int = 0) -> str:
+    def history_html(self, *, limit: int = 50, offset: int = 0, ui_path: str = "/") -> str:
         """A self-contained page listing recent jobs, newest first, with their images as thumbnails."""
         jobs = sorted(self.store.list(limit=limit, offset=offset), key=lambda job: job.created_at, reverse=True)
         rows = []
@@ -779,8 +785,9 @@ class FociUI:
                 'table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #333;padding:.4em;'
                 'vertical-align:top;text-align:left}img{margin:2px;border-radius:4px}.settings{color:#888;'
                 'font-size:.8em}.error{color:#f66}a{color:#8af}</style></head><body>'
-                f'<h1>Recent jobs</h1><p><a href="/">back to the generator</a></p><table><tr><th>Created</th>'
-                f'<th>State</th><th>Prompt</th><th>Images</th></tr>{body}</table><p>{links}</p></body></html>')
+                f'<h1>Recent jobs</h1><p><a href="{html.escape(ui_path)}">back to the generator</a></p>'
+                '<table><tr><th>Created</th><th>State</th><th>Prompt</th><th>Images</th></tr>'
+                f'{body}</table><p>{links}</p></body></html>')
 
 
 def _coalesce(first: JobEvent, subscription: Subscription) -> list[JobEvent]:
@@ -816,14 +823,21 @@ def build_ui(*, store: JobStore, bus: EventBus, worker: Worker | None, engine: E
     return ui.build()
 
 
-def mount_ui(app: FastAPI, blocks: gr.Blocks, path: str = "/") -> FastAPI:
+def mount_ui(app: FastAPI, blocks: gr.Blocks, path: str = "/", *, history_dependencies: Sequence[Any] = (),
+             **gradio_options: Any) -> FastAPI:
     """Serve ``blocks`` on ``app`` at ``path`` plus the ``/history`` page. Call it after adding the app's other
-    routes: a UI mounted at ``/`` answers every path not routed before it."""
-    allowed: list[str] = []
+    routes: a UI mounted at ``/`` answers every path not routed before it.
+
+    ``history_dependencies`` guard the history routes (FastAPI dependencies, e.g. the API's credential check);
+    ``gradio_options`` go to ``gr.mount_gradio_app`` (``auth``, ``root_path``, ``allowed_paths``, …).
+    """
+    allowed = [str(entry) for entry in gradio_options.pop("allowed_paths", None) or []]
     if isinstance(blocks, FociBlocks):
-        app.include_router(blocks.controller.history_router())
+        app.include_router(blocks.controller.history_router(ui_path=path, dependencies=history_dependencies))
         allowed.append(str(blocks.controller.output_dir))
-    css = (ASSETS_DIR / "foci.css").read_text(encoding="utf-8")
-    js = (ASSETS_DIR / "foci.js").read_text(encoding="utf-8")
-    return gr.mount_gradio_app(app, blocks, path=path, allowed_paths=allowed, css=css, js=js, footer_links=[],
-                               show_error=True)
+    options: dict[str, Any] = {
+        "css": (ASSETS_DIR / "foci.css").read_text(encoding="utf-8"),
+        "js": (ASSETS_DIR / "foci.js").read_text(encoding="utf-8"),
+        "footer_links": [], "show_error": True, **gradio_options,
+    }
+    return gr.mount_gradio_app(app, blocks, path=path, allowed_paths=allowed, **options)
