@@ -218,6 +218,7 @@ def _decode_preview(data: str | None) -> Image.Image | None:
 class _Session:
     """What one browser session is doing: its current job and whether "generate forever" is on."""
 
+    key: str
     job_id: str | None = None
     forever: bool = False
 
@@ -306,7 +307,13 @@ class FociUI:
     def _session(self, request: gr.Request | None) -> _Session:
         key = getattr(request, "session_hash", None) or "default"
         with self._lock:
-            return self._sessions.setdefault(key, _Session())
+            return self._sessions.setdefault(key, _Session(key))
+
+    def _forget(self, session: _Session) -> None:
+        """Drop a session's record once its Generate has ended (a later click makes a new one)."""
+        with self._lock:
+            if self._sessions.get(session.key) is session:
+                del self._sessions[session.key]
 
     @property
     def control_names(self) -> list[str]:
@@ -559,6 +566,7 @@ class FociUI:
                                                (task.seed + task.image_number) % (MAX_SEED + 1)})
         finally:
             session.job_id = None
+            self._forget(session)
         yield self._running_updates(done=True)
 
     def _gallery(self, images: list[JobImage]) -> list[tuple[str, str]]:
