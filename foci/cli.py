@@ -279,6 +279,25 @@ def _run_models(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from foci.downloads import DownloadError, required_files
+    from foci.server import DEFAULT_PORT, build_service, serve
+
+    settings, root = _load_settings(args)
+    engine = _engine(args, settings, root)
+    preset = Path(args.preset).stem if args.preset else "default"
+    if not args.no_download:
+        try:  # like Fooocus's launcher: fetch what the preset needs before the first Generate
+            engine.downloader.ensure(required_files(preset), engine.folders, engine.catalogue)
+        except (DownloadError, ValueError) as error:
+            print(f"foci: warning: {error}", file=sys.stderr)
+    host = args.listen
+    service = build_service(settings=settings, engine=engine, root=root, listen_host=host,
+                            auth_file=Path(args.auth_file) if args.auth_file else None)
+    serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
+    return 0
+
+
 def _run_metadata(args: argparse.Namespace) -> int:
     from foci.outputs import format_metadata_for_cli
 
@@ -326,6 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("names", nargs="*", help="catalogue names (see foci/catalogue.json)")
             command.add_argument("--for-preset", dest="preset_files", default=None,
                                  help="everything a preset needs for text-to-image")
+    server = sub.add_parser("serve", help="run the web UI and REST API (the default without a command)")
+    _add_settings_options(server)
+    _add_download_options(server)
+    server.add_argument("--listen", nargs="?", const="0.0.0.0", default="127.0.0.1",
+                        help="address to listen on (bare flag: 0.0.0.0; needs credentials in auth.json)")
+    server.add_argument("--port", type=int, default=None, help="port (default 7865)")
+    server.add_argument("--output-dir", default=os.environ.get("FOCI_OUTPUT_DIR"))
+    server.add_argument("--auth-file", default=None, help="credentials file (default ./auth.json if present)")
+    server.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    server.add_argument("--no-download", action="store_true", help="do not fetch the preset's models at start")
+    server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    server.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    server.add_argument("--vram", choices=("auto", "high", "normal", "low"),
+                        default=os.environ.get("FOCI_VRAM", "auto"))
     meta = sub.add_parser("metadata", help="print the generation metadata embedded in an image")
     meta.add_argument("file")
     dev = sub.add_parser("dev", help="developer tools")
@@ -351,12 +384,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torchsde rounds the Brownian tree's ends to 6 digits and then warns on every query near them (Fooocus too).
     warnings.filterwarnings("ignore", message="Should have t", module="torchsde")
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["serve", *argv]  # `foci [--preset anime] [--listen]` starts the web UI, as Fooocus does
     args = parser.parse_args(argv)
     commands = {"generate": _run_generate, "prompt": _run_prompt, "styles": _run_styles, "models": _run_models,
-                "metadata": _run_metadata, "dev": _run_make_checkpoint}
-    if args.command is None:
-        parser.print_help()
-        return 0
+                "serve": _run_serve, "metadata": _run_metadata, "dev": _run_make_checkpoint}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
