@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -100,7 +100,7 @@ class ApiServer:
     worker: Worker | None
     engine: Any
     output_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
+    app: Any
 
 
 def tiny_settings(models_dir: Path | None = None, **overrides: Any) -> FociSettings:
@@ -136,7 +136,7 @@ def run_api(tmp_path: Path, engine: Any, *, with_worker: bool = True, auth: Auth
     if worker is not None:
         worker.start()
     try:
-        yield ApiServer(f"http://127.0.0.1:{port}", port, store, bus, worker, engine, Path(engine.output_dir))
+        yield ApiServer(f"http://127.0.0.1:{port}", port, store, bus, worker, engine, Path(engine.output_dir), app)
     finally:
         if worker is not None:
             worker.stop(timeout=20)
@@ -591,8 +591,88 @@ def test_parallel_submissions_with_cancels_end_consistently(tmp_path: Path) -> N
                 assert len(job.images) == job.task.image_number and job.attempts == 1
                 assert all((api.output_dir / image.path).is_file() for image in job.images)
         assert sum(outcome.startswith("cancel") for outcome in outcomes.values()) == 20
+        assert "cancel-ok" in outcomes.values()
         with httpx.Client(base_url=api.url, timeout=30) as client:
             health = client.get("/v1/health").json()
             assert (health["queued"], health["running"], health["worker"]) == (0, 0, "running")
             listed = client.get("/v1/jobs", params={"state": "done,cancelled", "limit": 1000}).json()
             assert len(listed) == 200
+
+
+
+def test_event_streams_end_when_the_client_leaves_or_the_server_closes(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_api(tmp_path, stub, with_worker=False) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        job = client.post("/v1/jobs", json={"task": TINY}).json()
+        with client.stream("GET", f"/v1/jobs/{job['id']}/events") as response:
+            lines = response.iter_lines()  # keep it referenced: a dropped iterator closes the response
+            assert json.loads(next(lines).removeprefix("data: "))["kind"] == "queued"
+            time.sleep(0.1)
+            assert api.bus.subscriber_count == 1
+        wait_for(lambda: api.bus.subscriber_count == 0, 10, "the subscription of a closed stream to end")
+        assert client.get("/v1/jobs/nope/events").status_code == 404
+        assert api.bus.subscriber_count == 0
+
+        # no worker: this stream ends only because the server closes its streams
+        box: list[list[dict[str, Any]]] = []
+        reader = threading.Thread(target=lambda: box.append(read_events(client, job["id"], timeout=20)))
+        reader.start()
+        wait_for(lambda: api.bus.subscriber_count == 1, 10, "the stream to subscribe")
+        started = time.monotonic()
+        api.app.state.foci.close_streams()
+        reader.join(10)
+        assert not reader.is_alive() and time.monotonic() - started < 5
+        assert [event["kind"] for event in box[0]] == ["queued"]
+
+
+# ------------------------------------------------------------------------------------------ webhooks
+class _FlakyReceiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers["Content-Length"]))
+        statuses: list[int] = self.server.statuses  # type: ignore[attr-defined]
+        self.server.hits += 1  # type: ignore[attr-defined]
+        self.send_response(statuses.pop(0) if statuses else 204)
+        self.end_headers()
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("statuses", "delivered", "hits"), [
+    ([], True, 1), ([500], True, 2), ([503, 502], True, 3), ([500, 500, 500], False, 3), ([404], False, 1),
+])
+def test_webhook_retries(statuses: list[int], delivered: bool, hits: int) -> None:
+    from foci.service.webhooks import post_webhook
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyReceiver)
+    server.statuses, server.hits = list(statuses), 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        job = SimpleNamespace(id="j1", state=JobState.DONE, webhook_url=f"http://127.0.0.1:{server.server_address[1]}/",
+                              model_dump_json=lambda: '{"id": "j1"}')
+        assert post_webhook(job, timeout=5, retries=2, backoff=0.01) is delivered
+        assert server.hits == hits  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_webhook_to_a_dead_port_gives_up_without_raising() -> None:
+    import socket
+
+    from foci.service.webhooks import WebhookError, post_webhook, validate_webhook_url
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    job = SimpleNamespace(id="j2", state=JobState.FAILED, webhook_url=f"http://127.0.0.1:{port}/x",
+                          model_dump_json=lambda: "{}")
+    started = time.monotonic()
+    assert post_webhook(job, timeout=2, retries=2, backoff=0.01) is False
+    assert time.monotonic() - started < 10
+    for bad in ("ftp://h/x", "javascript:alert(1)", "http://", "http://h:port/", "http://h/ x", "/relative"):
+        with pytest.raises(WebhookError):
+            validate_webhook_url(bad)
+    assert validate_webhook_url(" https://example.org/hook?a=1 ") == "https://example.org/hook?a=1"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -305,9 +306,15 @@ class ApiContext:
     styles: StyleLibrary = field(init=False)
     event_poll_seconds: float = 2.0
     keepalive_seconds: float = 15.0
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.styles = StyleLibrary.load(tuple(self.engine.styles_dirs))
+
+    def close_streams(self) -> None:
+        """End every open event stream within ``event_poll_seconds`` (call before stopping the server, whose
+        graceful shutdown otherwise waits for streams of jobs that have not ended)."""
+        self.closing.set()
 
     # --- tasks
     def build_task(self, fields: dict[str, Any], base: dict[str, Any]) -> GenerationTask:
@@ -512,6 +519,8 @@ async def _event_stream(context: ApiContext, job: Job, subscription: Subscriptio
         idle = 0.0
         while True:
             event = await subscription.aget(timeout=context.event_poll_seconds)
+            if context.closing.is_set():
+                return
             if event is None:
                 if subscription.closed:
                     return
