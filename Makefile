@@ -1,12 +1,10 @@
-# The two set-up commands of the README: `make run` (install + generate) and `make test` (install + tests).
+# The two set-up commands of the README: `make run` (install + start the app) and `make test` (install + tests).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-PROMPT ?= a cat
-MODEL ?=
 RUN_ARGS ?=
 
-.PHONY: install install-test run test lint
+.PHONY: install install-test run test lint browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,21 +17,20 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 
-# Generate with MODEL (a path or a name in models/checkpoints); without one, a tiny random test checkpoint is
-# written first so the whole path can be tried offline.
+# Start the web UI + REST API on http://127.0.0.1:7865 (`foci`): on first start it downloads what the default
+# preset needs (like Fooocus). RUN_ARGS are passed on, e.g. RUN_ARGS="--preset anime" or "--listen --port 8888".
 run: install
-	@if [ -z "$(MODEL)" ] && { [ -f models/checkpoints/foci-tiny-random.safetensors ] || \
-		! ls models/checkpoints/*.safetensors >/dev/null 2>&1; }; then \
-		echo "no checkpoint in models/checkpoints: using a tiny random one (images will be noise)"; \
-		[ -f models/checkpoints/foci-tiny-random.safetensors ] || \
-			$(BIN)/foci dev make-checkpoint --tiny models/checkpoints/foci-tiny-random.safetensors; \
-		$(BIN)/foci generate "$(PROMPT)" --model models/checkpoints/foci-tiny-random.safetensors \
-			--styles "" --lora none --aspect 256*256 --image-number 1 $(RUN_ARGS); \
-	else \
-		$(BIN)/foci generate "$(PROMPT)" $(if $(MODEL),--model "$(MODEL)") $(RUN_ARGS); \
-	fi
+	$(BIN)/foci $(RUN_ARGS)
 
-test: install-test
+# Headless Chromium for the browser tests of the UI (Debian package; Playwright's own browser download is not used).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
+		echo "chromium could not be installed: the browser tests will be skipped"; }
+
+test: install-test browser
 	$(BIN)/ruff check foci tests benchmarks
 	$(BIN)/python -m pytest -q
 
