@@ -34,6 +34,9 @@ from foci.service.webhooks import WebhookDispatcher
 from foci.service.worker import Worker
 from foci.task import GenerationTask
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync", "--disable-quic"]
 TINY = {"aspect_ratio": "64*64", "steps": 2, "styles": [], "loras": [], "prompt": "a cat"}
 
 
@@ -473,7 +476,10 @@ def test_openapi_schema(tmp_path: Path) -> None:
         task_fields = schema["components"]["schemas"]["TaskFields"]["properties"]
         assert {"prompt", "seed", "sampler", "loras"} <= set(task_fields)
         assert "multipart/form-data" in schema["paths"]["/v1/metadata"]["post"]["requestBody"]["content"]
-        assert client.get("/docs").status_code == 200
+        docs = client.get("/docs")
+        assert docs.status_code == 200 and "openapi.json" in docs.text
+        assert "http" not in docs.text.replace("http.", "")  # nothing loaded from elsewhere (offline)
+        assert client.get("/redoc").status_code == 404
         try:
             from openapi_spec_validator import validate
         except ImportError:
@@ -676,3 +682,26 @@ def test_webhook_to_a_dead_port_gives_up_without_raising() -> None:
         with pytest.raises(WebhookError):
             validate_webhook_url(bad)
     assert validate_webhook_url(" https://example.org/hook?a=1 ") == "https://example.org/hook?a=1"
+
+
+def test_docs_page_renders_offline(tmp_path: Path) -> None:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("no Chromium at " + CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    stub = StubEngine(tmp_path / "out")
+    with run_api(tmp_path, stub, with_worker=False) as api, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            outside: list[str] = []
+            page.on("request", lambda request: None if request.url.startswith(api.url) else outside.append(
+                request.url))
+            page.goto(f"{api.url}/docs", timeout=20_000)
+            page.wait_for_selector(".op", timeout=20_000)
+            text = page.inner_text("body")
+            assert "/v1/jobs/{job_id}/events" in text and "Queue a job" in text and "TaskFields" in text
+            assert page.locator(".op").count() >= 15
+            assert outside == []
+        finally:
+            browser.close()

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -44,6 +44,61 @@ if TYPE_CHECKING:
 API_PREFIX = "/v1"
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _MULTIPART_OVERHEAD = 64 << 10  # form boundaries and part headers around an uploaded file
+
+
+# The API reference at /docs, rendered in the browser from /openapi.json with no external scripts or fonts
+# (FastAPI's Swagger UI loads from a CDN, which an offline machine cannot reach).
+DOCS_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Foci API</title>
+<style>
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:980px;padding:1em 1.5em;color:#222}
+h1{margin-bottom:.2em} .op{border:1px solid #ddd;border-radius:6px;margin:.6em 0;padding:.5em .8em}
+.m{display:inline-block;min-width:4.2em;font-weight:700;text-transform:uppercase;font-size:.85em}
+.get{color:#0a7} .post{color:#06c} .patch{color:#a60} .delete{color:#c22} code{background:#f4f4f4;padding:0 .25em}
+table{border-collapse:collapse;margin:.3em 0} td,th{border-bottom:1px solid #eee;padding:.15em .6em;text-align:left;
+vertical-align:top} .muted{color:#777} details{margin:.3em 0}
+</style></head><body><h1>Foci API</h1><p id="intro" class="muted">Loading /openapi.json …</p><div id="ops"></div>
+<h2>Schemas</h2><div id="schemas"></div>
+<script>
+const el = (tag, text, cls) => { const e = document.createElement(tag); if (text !== undefined) e.textContent = text;
+  if (cls) e.className = cls; return e; };
+const typeOf = s => !s ? "" : s.$ref ? s.$ref.split("/").pop() : s.anyOf ? s.anyOf.map(typeOf).join(" | ")
+  : s.type === "array" ? typeOf(s.items) + "[]" : s.enum ? s.enum.map(v => JSON.stringify(v)).join(" | ")
+  : (s.type || "object");
+function table(rows, head) { const t = el("table"); const h = el("tr");
+  head.forEach(x => h.appendChild(el("th", x))); t.appendChild(h);
+  rows.forEach(r => { const tr = el("tr"); r.forEach(x => tr.appendChild(el("td", x))); t.appendChild(tr); });
+  return t; }
+fetch("openapi.json").then(r => r.json()).then(api => {
+  document.getElementById("intro").textContent = (api.info.description || "") + " Version " + api.info.version
+    + ". Machine-readable schema: /openapi.json.";
+  const ops = document.getElementById("ops");
+  for (const [path, methods] of Object.entries(api.paths)) {
+    for (const [method, op] of Object.entries(methods)) {
+      const box = el("div", undefined, "op"); const line = el("div");
+      line.appendChild(el("span", method, "m " + method)); line.appendChild(el("code", path));
+      line.appendChild(el("span", "  " + (op.summary || ""))); box.appendChild(line);
+      if (op.parameters && op.parameters.length) box.appendChild(table(op.parameters.map(p =>
+        [p.name, p.in, typeOf(p.schema), p.required ? "required" : "", p.description || ""]),
+        ["parameter", "in", "type", "", ""]));
+      if (op.requestBody) box.appendChild(el("div", "body: " + Object.entries(op.requestBody.content).map(
+        ([mime, c]) => mime + " " + typeOf(c.schema)).join(", "), "muted"));
+      box.appendChild(el("div", "responses: " + Object.entries(op.responses).map(([code, r]) =>
+        code + " " + (r.description || "")).join(" · "), "muted"));
+      ops.appendChild(box);
+    }
+  }
+  const schemas = document.getElementById("schemas");
+  for (const [name, schema] of Object.entries((api.components || {}).schemas || {})) {
+    const d = el("details"); d.appendChild(el("summary", name + (schema.description ? " — " + schema.description
+      : ""))); const req = new Set(schema.required || []);
+    d.appendChild(table(Object.entries(schema.properties || {}).map(([k, v]) =>
+      [k, typeOf(v), req.has(k) ? "required" : "", v.description || ""]), ["field", "type", "", ""]));
+    schemas.appendChild(d);
+  }
+}).catch(e => { document.getElementById("intro").textContent = "Could not load /openapi.json: " + e; });
+</script></body></html>
+"""
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -391,9 +446,13 @@ def create_app(*, store: JobStore, worker: Worker | None, bus: EventBus, engine:
     context = ApiContext(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                          output_dir=Path(output_dir), max_upload_bytes=max_upload_bytes,
                          root=Path.cwd() if root is None else Path(root))
-    app = FastAPI(title="Foci API", version=__version__, docs_url="/docs", openapi_url="/openapi.json",
+    app = FastAPI(title="Foci API", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   description="Queue SDXL text-to-image jobs (Fooocus recipe), follow them live, fetch the images.")
     app.state.foci = context
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(DOCS_PAGE)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
