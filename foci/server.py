@@ -43,12 +43,16 @@ class Service:
     bus: EventBus
     worker: Worker
     engine: Engine
+    webhooks: WebhookDispatcher
 
     def start(self) -> None:
         self.worker.start()
 
     def close(self) -> None:
+        """End open event streams, stop the worker (its job goes back to the queue), then webhooks and store."""
+        self.app.state.foci.close_streams()
         self.worker.stop()
+        self.webhooks.close()
         self.store.close()
 
 
@@ -69,7 +73,8 @@ def build_service(*, settings: FociSettings, engine: Engine, root: Path, listen_
     if recovered:
         _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
     bus = EventBus()
-    worker = Worker(store, engine, bus, webhook=WebhookDispatcher())
+    webhooks = WebhookDispatcher()
+    worker = Worker(store, engine, bus, webhook=webhooks)
     app = create_app(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                      output_dir=engine.output_dir, root=root)
     blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=settings,
@@ -83,7 +88,7 @@ def build_service(*, settings: FociSettings, engine: Engine, root: Path, listen_
         options["auth"] = login
         dependencies.append(Depends(_history_guard(auth)))
     mount_ui(app, blocks, "/", history_dependencies=dependencies, **options)
-    return Service(app, store, bus, worker, engine)
+    return Service(app, store, bus, worker, engine, webhooks)
 
 
 def _history_guard(auth: AuthConfig):
@@ -109,6 +114,7 @@ def serve(service: Service, *, host: str, port: int, open_browser: bool) -> None
 
         webbrowser.open(url)
     try:
-        uvicorn.run(service.app, host=host, port=port, log_level="warning")
+        # open event streams of queued jobs would otherwise hold a graceful shutdown forever
+        uvicorn.run(service.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
     finally:
         service.close()

@@ -421,3 +421,17 @@ def test_latent_preview_shape_and_dtype() -> None:
         latent_preview(torch.zeros(1, 16, 8, 8))
     with pytest.raises(TypeError):
         latent_preview(np.zeros((4, 8, 8)))  # type: ignore[arg-type]
+
+
+def test_performance_steps_survive_the_queue(tmp_path) -> None:
+    from foci.performance import apply_performance
+    from foci.service.jobs import JobStore
+    from foci.task import GenerationTask
+
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    job = store.submit(GenerationTask(prompt="a cat", performance="Lightning"))
+    restored = store.get(job.id).task
+    assert apply_performance(restored)[0].effective_steps == 4  # not the record's default 30
+    explicit = store.submit(GenerationTask(prompt="a cat", performance="Lightning", steps=9))
+    assert apply_performance(store.get(explicit.id).task)[0].effective_steps == 9
+    store.close()

@@ -39,6 +39,12 @@ _BUSY_TIMEOUT_MS = 10_000
 _MIN_GAP = 1e-9  # below this gap between two positions the queue is renumbered
 
 
+def _task_json(task: GenerationTask) -> str:
+    """Only the fields the submitter set: defaults that depend on the performance mode (steps) must stay
+    undecided until the engine applies the mode (a full dump would mark every field as chosen)."""
+    return json.dumps(task.model_dump(mode="json", exclude_unset=True))
+
+
 class JobState(str, Enum):
     """Where a job is in its life."""
 
@@ -273,7 +279,7 @@ class JobStore:
             conn.execute(
                 "INSERT INTO jobs (id, task, state, priority, position, created_at, webhook_url) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (job_id, json.dumps(task.model_dump(mode="json")), JobState.QUEUED.value, priority,
+                (job_id, _task_json(task), JobState.QUEUED.value, priority,
                  (last or 0.0) + 1.0, time.time(), webhook_url))
             return self._get(conn, job_id)
 
@@ -457,7 +463,7 @@ class JobStore:
         with self._write() as conn:
             self._require(self._row(conn, job_id), JobState.QUEUED, action="edit")
             conn.execute("UPDATE jobs SET task = ? WHERE id = ?",
-                         (json.dumps(task.model_dump(mode="json")), job_id))
+                         (_task_json(task), job_id))
             return self._get(conn, job_id)
 
     def set_priority(self, job_id: str, priority: int) -> Job:
