@@ -265,7 +265,7 @@ def _run_models(args: argparse.Namespace) -> int:
     if args.models_command == "download":
         names = list(args.names)
         if args.preset_files:
-            names += required_files(args.preset_files)
+            names += required_files(args.preset_files, catalogue=engine.catalogue)
         if not names:
             raise CliError("name the files to download, or pass --for-preset NAME")
         for path in engine.downloader.ensure(names, folders, engine.catalogue):
@@ -288,7 +288,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     preset = Path(args.preset).stem if args.preset else "default"
     if not args.no_download:
         try:  # like Fooocus's launcher: fetch what the preset needs before the first Generate
-            engine.downloader.ensure(required_files(preset), engine.folders, engine.catalogue)
+            engine.downloader.ensure(required_files(preset, catalogue=engine.catalogue), engine.folders,
+                                     engine.catalogue)
         except (DownloadError, ValueError) as error:
             print(f"foci: warning: {error}", file=sys.stderr)
     host = args.listen
