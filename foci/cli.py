@@ -293,10 +293,30 @@ def _run_serve(args: argparse.Namespace) -> int:
         except (DownloadError, ValueError) as error:
             print(f"foci: warning: {error}", file=sys.stderr)
     host = args.listen
-    service = build_service(settings=settings, engine=engine, root=root, listen_host=host,
+    engines = [engine]
+    for device in _device_list(args.devices)[1:]:  # one engine (and worker) per further device
+        engines.append(_engine(args, settings, root))
+        engines[-1].device = device
+    if args.devices:
+        engine.device = _device_list(args.devices)[0]
+    service = build_service(settings=settings, engines=engines, root=root, listen_host=host,
                             auth_file=Path(args.auth_file) if args.auth_file else None)
     serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
     return 0
+
+
+def _device_list(devices: str | None) -> list[str]:
+    """``--devices cuda:0,cuda:1`` or ``all`` (every CUDA device) → device names; None → []."""
+    if not devices:
+        return []
+    if devices == "all":
+        import torch
+
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise CliError("--devices all: torch sees no CUDA device")
+        return [f"cuda:{index}" for index in range(count)]
+    return [name.strip() for name in devices.split(",") if name.strip()]
 
 
 def _run_metadata(args: argparse.Namespace) -> int:
@@ -358,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--no-download", action="store_true", help="do not fetch the preset's models at start")
     server.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     server.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
+    server.add_argument("--devices", default=None,
+                        help="several devices, one worker each, sharing the queue: cuda:0,cuda:1 or all")
     server.add_argument("--vram", choices=("auto", "high", "normal", "low"),
                         default=os.environ.get("FOCI_VRAM", "auto"))
     meta = sub.add_parser("metadata", help="print the generation metadata embedded in an image")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from foci.service.api import create_app
 from foci.service.auth import DEFAULT_AUTH_FILE, AuthConfig
 from foci.service.events import EventBus
 from foci.service.jobs import JobStore
+from foci.service.pool import WorkerPool
 from foci.service.ui import build_ui, mount_ui
 from foci.service.webhooks import WebhookDispatcher
 from foci.service.worker import Worker
@@ -41,8 +42,8 @@ class Service:
     app: FastAPI
     store: JobStore
     bus: EventBus
-    worker: Worker
-    engine: Engine
+    worker: WorkerPool
+    engines: list[Engine]
     webhooks: WebhookDispatcher
 
     def start(self) -> None:
@@ -56,10 +57,10 @@ class Service:
         self.store.close()
 
 
-def build_service(*, settings: FociSettings, engine: Engine, root: Path, listen_host: str = "127.0.0.1",
+def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Path, listen_host: str = "127.0.0.1",
                   auth_file: Path | None = None, jobs_file: Path | None = None,
                   ui_defaults: Mapping[str, Any] | None = None) -> Service:
-    """Wire store, worker, API and UI together (the worker is not started yet).
+    """Wire store, workers (one per engine, i.e. per device), API and UI together (workers not started yet).
 
     Credentials come from ``auth_file`` (default ``<root>/auth.json`` when it exists); listening beyond loopback
     without any raises :class:`foci.service.auth.AuthError`. Jobs still running at a crash are re-queued.
@@ -74,7 +75,9 @@ def build_service(*, settings: FociSettings, engine: Engine, root: Path, listen_
         _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
     bus = EventBus()
     webhooks = WebhookDispatcher()
-    worker = Worker(store, engine, bus, webhook=webhooks)
+    worker = WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
+                         for index, engine in enumerate(engines)])
+    engine = engines[0]  # folders, output dir and models list are the same for every device
     app = create_app(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                      output_dir=engine.output_dir, root=root)
     blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=settings,
@@ -88,7 +91,7 @@ def build_service(*, settings: FociSettings, engine: Engine, root: Path, listen_
         options["auth"] = login
         dependencies.append(Depends(_history_guard(auth)))
     mount_ui(app, blocks, "/", history_dependencies=dependencies, **options)
-    return Service(app, store, bus, worker, engine, webhooks)
+    return Service(app, store, bus, worker, list(engines), webhooks)
 
 
 def _history_guard(auth: AuthConfig):
