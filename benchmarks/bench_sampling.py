@@ -71,7 +71,7 @@ def main() -> int:
         load_time = time.perf_counter() - started
 
         task = GenerationTask(prompt="a cat", base_model=str(checkpoint), aspect_ratio=args.aspect,
-                              steps=args.steps, image_number=1, seed=1, sampler=args.sampler)
+                              steps=args.steps, image_number=1, seed=1, sampler=args.sampler, styles=[])
         engine.generate(GenerationTask(**{**task.model_dump(), "steps": 2}), save=False)  # warm-up
         unet = engine.loaded_model("base").components.unet
         timer = UnetTimer(unet)
