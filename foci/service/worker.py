@@ -29,6 +29,7 @@ from foci.service.jobs import Job, JobError, JobImage, JobProgress, JobStore, Un
 
 if TYPE_CHECKING:
     from foci.pipeline import ProgressEvent
+    from foci.service.previews import PreviewRenderer
     from foci.task import GenerationTask
 
 _log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._run: _Run | None = None
         self._preview_failed = False
+        self._renderer: PreviewRenderer | None = None  # built at the first preview (imports torch)
 
     # ----------------------------------------------------------------------------------------- control
     @property
@@ -302,9 +304,11 @@ class Worker:
 
     def _preview(self, event: ProgressEvent) -> str | None:
         try:
-            from foci.service.previews import latent_preview, png_base64
+            from foci.service.previews import PreviewRenderer, png_base64
 
-            return png_base64(latent_preview(event.denoised, max_size=self.preview_size))
+            if self._renderer is None:  # the VAE approximation when the engine's model folders hold it, else linear
+                self._renderer = PreviewRenderer(getattr(self.engine, "folders", None), max_size=self.preview_size)
+            return png_base64(self._renderer(event.denoised))
         except Exception:  # noqa: BLE001 - e.g. a latent with other channels; previews just stop
             _log.warning("live previews disabled: the latent could not be previewed", exc_info=True)
             self._preview_failed = True
