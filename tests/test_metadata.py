@@ -10,12 +10,16 @@ from foci.metadata import (
     ImageRecord,
     MetadataError,
     a1111_sampler_label,
+    extract_styles_from_prompt,
     task_from_metadata,
     to_a1111_text,
     to_fooocus_json,
     version_label,
 )
+from foci.prompt_plan import plan_image_prompts
+from foci.styles import Style, StyleLibrary
 from foci.task import SAMPLERS, FreeUSettings, GenerationTask, LoraSpec
+from foci.wildcards import WildcardLibrary
 
 MODEL_FILES = ["juggernautXL_v8Rundiffusion.safetensors", "sd_xl_refiner_1.0.safetensors"]
 LORA_FILES = ["offset.safetensors", "sub/detail.safetensors"]
@@ -300,3 +304,85 @@ def test_malformed_payloads_raise_value_error(payload: str | dict, scheme: str |
     with pytest.raises(ValueError, match=needle) as caught:
         task_from_metadata(payload, scheme)
     assert isinstance(caught.value, MetadataError)
+
+
+# ------------------------------------------------------------------------------------- styles from the prompt
+def _written(styles: list[str], prompt: str = "a cat", negative: str = "", expansion: bool = False) -> tuple[str, str]:
+    """The positive and negative texts an a1111 record carries for ``prompt`` with ``styles`` applied."""
+    plan = plan_image_prompts(prompt, negative, styles, seed=1, image_index=0, library=LIBRARY,
+                              wildcards=WildcardLibrary({}),
+                              expand=(lambda text, seed: f"{text}, intricate, elegant, highly detailed")
+                              if expansion else None)
+    return ", ".join(plan.positive), ", ".join(plan.negative)
+
+
+def _plain_a1111(positive: str, negative: str, extra: str = "") -> str:
+    """A record as Fooocus/AUTOMATIC1111 write it: no ``Styles`` key."""
+    negative_line = f"\nNegative prompt: {negative}" if negative else ""
+    return f"{positive}{negative_line}\nSteps: 30, Sampler: DPM++ 2M SDE Karras, Seed: 7, Size: 1152x896{extra}"
+
+
+LIBRARY = StyleLibrary.load()
+
+
+def test_two_styles_are_unwrapped_from_a_prompt() -> None:
+    styles = ["Fooocus Sharp", "Film Noir"]
+    positive, negative = _written(styles)
+    assert positive.startswith("cinematic film still of a cat, ") and "film noir frame, a cat, " in positive
+    assert extract_styles_from_prompt(positive, negative, LIBRARY) == (styles, "a cat", "")
+    task = task_from_metadata(_plain_a1111(positive, negative))
+    assert (task.styles, task.prompt, task.negative_prompt) == (styles, "a cat", "")
+
+
+def test_no_style_leaves_the_prompt_unchanged() -> None:
+    positive, negative = "a cat, sitting on a mat, a cat, (detailed:1.2)", "ugly, blurry"
+    assert extract_styles_from_prompt(positive, negative, LIBRARY) == ([], positive, negative)
+    task = task_from_metadata(_plain_a1111(positive, negative))
+    assert (task.styles, task.prompt, task.negative_prompt) == ([], positive, negative)
+    assert task_from_metadata("a dog\nSteps: 20").styles == []  # no default styles sneak in
+
+
+def test_negative_only_styles_and_the_user_negative_keep_their_order() -> None:
+    styles = ["Fooocus Enhance", "Fooocus Masterpiece", "Fooocus Negative", "Neo Noir"]
+    positive, negative = _written(styles, "a red fox, snow", "ugly\nsecond negative")
+    found, prompt, real_negative = extract_styles_from_prompt(positive, negative, LIBRARY)
+    assert (found, prompt, real_negative) == (styles, "a red fox, snow", "ugly, second negative")
+
+
+def test_fooocus_v2_expansion_is_detected() -> None:
+    # With a style wrapping the prompt, the trailing "<prompt>, words…" item is the expansion.
+    positive, negative = _written(["Fooocus V2", "Fooocus Enhance", "Fooocus Sharp"], "a cat", "ugly",
+                                  expansion=True)
+    assert positive.endswith(", a cat, intricate, elegant, highly detailed")
+    assert extract_styles_from_prompt(positive, negative, LIBRARY) == (
+        ["Fooocus V2", "Fooocus Enhance", "Fooocus Sharp"], "a cat", "ugly")
+    # Without a wrapping style, only the raw prompt (Fooocus writes it) or the expansion itself tells.
+    positive, negative = _written(["Fooocus V2", "Fooocus Enhance"], "a cat", "ugly", expansion=True)
+    assert extract_styles_from_prompt(positive, negative, LIBRARY)[0] == ["Fooocus Enhance"]
+    assert extract_styles_from_prompt(positive, negative, LIBRARY, raw_prompt="a cat") == (
+        ["Fooocus V2", "Fooocus Enhance"], "a cat", "ugly")
+    assert extract_styles_from_prompt(positive, negative, LIBRARY,
+                                      expansion="a cat, intricate, elegant, highly detailed") == (
+        ["Fooocus V2", "Fooocus Enhance"], "a cat", "ugly")
+    text = _plain_a1111(positive, negative, ', Raw prompt: a cat, Raw negative prompt: "ugly"')
+    task = task_from_metadata(text)
+    assert (task.styles, task.prompt, task.negative_prompt) == (["Fooocus V2", "Fooocus Enhance"], "a cat", "ugly")
+
+
+def test_extra_lines_and_a_trailing_placeholder_style() -> None:
+    styles = ["Fooocus V2", "Fooocus Pony", "Fooocus Sharp"]
+    positive, negative = _written(styles, "a cat, sitting\nsecond line", "ugly", expansion=True)
+    assert extract_styles_from_prompt(positive, negative, LIBRARY) == (styles, "a cat, sitting\nsecond line",
+                                                                       "ugly")
+
+
+def test_user_styles_and_a_style_without_placeholder() -> None:
+    library = StyleLibrary([Style("Tagged", "best quality, 8k", "worst quality"),
+                            Style("Wrap", "(({prompt}))", "")])
+    assert extract_styles_from_prompt("a cat, best quality, 8k", "worst quality, ugly", library) == (
+        ["Tagged"], "a cat", "ugly")
+    assert extract_styles_from_prompt("((a cat)), best quality, 8k", "worst quality", library) == (
+        ["Wrap", "Tagged"], "a cat", "")
+    # The library decides: a style the library lacks is left in the prompt.
+    task = task_from_metadata(_plain_a1111("((a cat))", ""), style_library=StyleLibrary())
+    assert (task.styles, task.prompt) == ([], "((a cat))")
