@@ -27,10 +27,13 @@ from foci.pipeline import Engine  # noqa: E402
 from foci.service.events import EventBus  # noqa: E402
 from foci.service.jobs import JobImage, JobState, JobStore  # noqa: E402
 from foci.service.ui import (  # noqa: E402
+    RESTRICTED_CONTROLS,
     UIError,
     build_ui,
+    forced_control_values,
     mount_ui,
     parse_seed,
+    performance_lock,
     progress_html,
     task_from_values,
     values_from_task,
@@ -259,6 +262,27 @@ def test_advanced_shows_the_tabs_and_bad_input_queues_nothing(page: Any, live_ui
     for name in ("Settings", "Styles", "Models", "Advanced"):
         assert page.get_by_role("tab", name=name).is_visible()
     assert page.locator("#foci-history-link").get_attribute("href") == "/history"
+
+    # Lightning locks the guidance slider on its forced value and hides the negative prompt; Speed undoes it.
+    assert page.locator("#foci-negative textarea").is_visible()
+    page.get_by_role("tab", name="Advanced").click()
+    guidance = page.locator("#foci-guidance input[type=number]")
+    own_guidance = float(guidance.input_value())
+    assert own_guidance != 1.0 and guidance.is_enabled()
+    page.get_by_role("tab", name="Settings").click()
+    page.locator("#foci-performance").get_by_label("Lightning").check()
+    page.get_by_role("tab", name="Advanced").click()
+    _wait_for(guidance.is_disabled, message="the guidance slider to lock")
+    assert page.locator("#foci-guidance input[type=range]").is_disabled()
+    assert float(guidance.input_value()) == 1.0
+    page.get_by_role("tab", name="Settings").click()
+    assert not page.locator("#foci-negative textarea").is_visible()
+    page.locator("#foci-performance").get_by_label("Speed", exact=True).check()
+    page.locator("#foci-negative textarea").wait_for(state="visible")
+    page.get_by_role("tab", name="Advanced").click()
+    _wait_for(guidance.is_enabled, message="the guidance slider to unlock")
+    assert float(guidance.input_value()) == own_guidance
+
     page.get_by_role("tab", name="Styles").click()
     styles = page.locator("#foci-styles")
     assert styles.get_by_label("Fooocus V2").count() == 1
@@ -363,8 +387,85 @@ def test_preset_switch_fills_the_controls(tmp_path: Path, tiny_checkpoint: Path,
     updates = dict(zip(ui.control_names, ui.load_preset("anime", *[current[name] for name in ui.control_names]),
                        strict=True))
     assert updates["prompt"] == "my own prompt" and updates["seed"] == "5"
-    assert updates["guidance_scale"] == 6.0 and updates["performance"] == "Speed"
+    assert _prop(updates["guidance_scale"]) == 6.0 and _prop(updates["guidance_scale"], "interactive") is True
+    assert updates["performance"] == "Speed"
     assert updates["base_model"] != str(tiny_checkpoint)  # the preset's own model
-    task = task_from_values({name: getattr(value, "value", value) for name, value in updates.items()},
-                            lora_rows=ui.lora_rows)
+    task = task_from_values({name: _prop(value) for name, value in updates.items()}, lora_rows=ui.lora_rows)
     assert task.guidance_scale == 6.0 and task.prompt == "my own prompt"
+
+
+def _prop(update: Any, name: str = "value") -> Any:
+    """A property of an event handler's update (``gr.update`` dict or component), or a plain value itself."""
+    if isinstance(update, dict):
+        return update.get(name)
+    return getattr(update, name, update if name == "value" else None)
+
+
+def _offline_ui(tmp_path: Path, tiny_checkpoint: Path, engine: Engine, **defaults: Any) -> Any:
+    return build_ui(store=JobStore(tmp_path / "jobs.sqlite3"), bus=EventBus(), worker=None, engine=engine,
+                    settings=FociSettings(), output_dir=tmp_path, defaults=_defaults(tiny_checkpoint) | defaults,
+                    root=tmp_path).controller
+
+
+def test_restricted_performance_locks_and_restores_the_controls(tmp_path: Path, tiny_checkpoint: Path,
+                                                               engine: Engine) -> None:
+    ui = _offline_ui(tmp_path, tiny_checkpoint, engine)
+    own = values_from_task(GenerationTask(guidance_scale=6.5, sharpness=3.0, sampler="euler_ancestral",
+                                          scheduler="normal", adaptive_cfg=5.0, refiner_model="r.safetensors",
+                                          refiner_switch=0.6, refiner_swap_method="separate",
+                                          adm_scaler_positive=1.2, adm_scaler_negative=0.9, adm_scaler_end=0.4),
+                           lora_rows=0)
+    current = [own[name] for name in RESTRICTED_CONTROLS]
+
+    def shown(updates: list[Any]) -> tuple[dict[str, Any], set[Any], Any, Any]:
+        controls = dict(zip(RESTRICTED_CONTROLS, updates[:len(RESTRICTED_CONTROLS)], strict=True))
+        return ({name: _prop(update) for name, update in controls.items()},
+                {_prop(update, "interactive") for update in controls.values()}, updates[-2].visible, updates[-1])
+
+    values, interactive, negative_visible, saved = shown(ui.change_performance("Lightning", None, *current))
+    assert values == {name: own[name] for name in RESTRICTED_CONTROLS} | {
+                      "guidance_scale": 1.0, "sharpness": 0.0, "sampler": "euler", "scheduler": "sgm_uniform",
+                      "adaptive_cfg": 1.0, "refiner_model": "None", "refiner_switch": 1.0, "adm_scaler_positive": 1.0,
+                      "adm_scaler_negative": 1.0, "adm_scaler_end": 0.0, "refiner_swap_method": "separate"}
+    assert interactive == {False} and negative_visible is False
+    assert saved == {name: own[name] for name in RESTRICTED_CONTROLS}
+
+    # Lightning → Hyper-SD: still locked, the new mode's sampler shown, the user's values still kept.
+    values, interactive, negative_visible, saved_again = shown(
+        ui.change_performance("Hyper-SD", saved, *[values[name] for name in RESTRICTED_CONTROLS]))
+    assert (values["sampler"], values["scheduler"], interactive) == ("dpmpp_sde_gpu", "karras", {False})
+    assert saved_again == saved
+
+    # Back to Speed: unlocked, the negative prompt back, the values from before Lightning restored.
+    values, interactive, negative_visible, cleared = shown(
+        ui.change_performance("Speed", saved_again, *[values[name] for name in RESTRICTED_CONTROLS]))
+    assert values == {name: own[name] for name in RESTRICTED_CONTROLS}
+    assert interactive == {True} and negative_visible is True and cleared is None
+    # Quality → Speed changes nothing.
+    values, interactive, _, cleared = shown(ui.change_performance("Quality", None, *current))
+    assert values == {name: own[name] for name in RESTRICTED_CONTROLS} and interactive == {True} and cleared is None
+
+    assert forced_control_values("Speed") is None and forced_control_values("warp") is None
+    assert forced_control_values("extreme_speed")["sampler"] == "lcm"
+    assert performance_lock("Extreme Speed", own).locked
+
+
+def test_loading_a_restricted_task_locks_and_saves_defaults(tmp_path: Path, tiny_checkpoint: Path,
+                                                             engine: Engine) -> None:
+    ui = _offline_ui(tmp_path, tiny_checkpoint, engine, guidance_scale=5.0)
+    task = GenerationTask(performance="Lightning", guidance_scale=1.0, sampler="euler", scheduler="sgm_uniform",
+                          sharpness=2.5, base_model=tiny_checkpoint.name, styles=[])
+    updates = ui._restore(task)
+    controls = dict(zip(ui.control_names, updates, strict=False))
+    assert _prop(controls["guidance_scale"]) == 1.0 and _prop(controls["guidance_scale"], "interactive") is False
+    assert _prop(controls["sharpness"]) == 0.0 and controls["negative_prompt"].visible is False
+    saved = updates[-1]
+    # Forced-looking values were no choice: Speed brings back the UI defaults; other values are kept.
+    assert saved["guidance_scale"] == 5.0 and saved["sampler"] == "dpmpp_2m_sde_gpu" and saved["sharpness"] == 2.5
+    # The task a Generate click would build carries the forced values.
+    values = {name: _prop(update) for name, update in controls.items()}
+    built = task_from_values(values, lora_rows=ui.lora_rows)
+    assert (built.performance, built.guidance_scale, built.sampler) == ("Lightning", 1.0, "euler")
+    # A UI whose defaults are restricted starts locked.
+    locked = _offline_ui(tmp_path / "second", tiny_checkpoint, engine, performance="Hyper-SD")
+    assert locked._load_lock(values_from_task(locked.default_task, lora_rows=0)).locked

@@ -5,6 +5,11 @@ the controls, the per-browser-session running job and the "generate forever" fla
 :class:`~foci.task.GenerationTask` from the controls, submits it to the shared :class:`JobStore` and streams that
 job's :class:`EventBus` events into the preview, progress bar and gallery. ``mount_ui`` serves it on a FastAPI app
 together with a small ``/history`` page of recent jobs.
+
+As in Fooocus, choosing a restricted performance (Extreme Speed, Lightning, Hyper-SD) locks the controls whose
+values that mode forces (:data:`RESTRICTED_CONTROLS`), shows the forced values and hides the negative prompt;
+choosing Quality or Speed again unlocks them and brings back the values they had (kept per browser session in a
+``gr.State``).
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 POLL_SECONDS = 0.5
 HISTORY_PATH = "/history"
 PROMPT_PLACEHOLDER = "Describe the picture you want… (or paste image parameters as JSON)"
+
+
+# Controls a restricted performance locks (Fooocus's eleven), in the order of the performance handler's updates.
+RESTRICTED_CONTROLS: tuple[str, ...] = (
+    "guidance_scale", "sharpness", "adm_scaler_end", "adm_scaler_positive", "adm_scaler_negative", "refiner_switch",
+    "refiner_model", "sampler", "scheduler", "adaptive_cfg", "refiner_swap_method",
+)
 
 
 class UIError(ValueError):
@@ -189,6 +201,50 @@ def values_from_task(task: GenerationTask, *, lora_rows: int) -> dict[str, Any]:
     return values
 
 
+# ------------------------------------------------------------------------------------------ performance lock
+def forced_control_values(performance: str) -> dict[str, Any] | None:
+    """The control values a restricted performance forces, keyed by control name (a subset of
+    :data:`RESTRICTED_CONTROLS`; "no refiner" is the ``None`` label); ``None`` for Quality, Speed or an unknown name."""
+    try:
+        mode = Performance.parse(performance)
+    except PerformanceError:
+        return None
+    if not mode.is_restricted:
+        return None
+    overrides = PERFORMANCE_MODES[mode].overrides
+    return {name: NO_MODEL_LABEL if name == "refiner_model" and overrides[name] is None else overrides[name]
+            for name in RESTRICTED_CONTROLS if name in overrides}
+
+
+@dataclass(frozen=True)
+class PerformanceLock:
+    """What the :data:`RESTRICTED_CONTROLS` show after a performance change."""
+
+    values: dict[str, Any]
+    """The value each restricted control shows."""
+    locked: bool
+    """True in a restricted mode: the controls are not interactive and the negative prompt is hidden."""
+    saved: dict[str, Any] | None
+    """The user's own values, to bring back when an unrestricted mode is chosen again (None when unlocked)."""
+
+
+def performance_lock(performance: str, current: Mapping[str, Any],
+                     saved: Mapping[str, Any] | None = None) -> PerformanceLock:
+    """Lock or unlock the restricted controls for ``performance``.
+
+    ``current`` holds the controls' present values, ``saved`` the values kept when a restricted mode was chosen
+    (None while unlocked). Entering a restricted mode keeps ``current`` and shows the forced values (a control the
+    mode does not force, the refiner swap method, keeps its value); moving between restricted modes keeps the
+    first saved values; leaving them shows the saved values again.
+    """
+    own = {name: saved.get(name, current[name]) if saved is not None else current[name]
+           for name in RESTRICTED_CONTROLS}
+    forced = forced_control_values(performance)
+    if forced is None:
+        return PerformanceLock(own, False, None)
+    return PerformanceLock({name: forced.get(name, current[name]) for name in RESTRICTED_CONTROLS}, True, own)
+
+
 # ------------------------------------------------------------------------------------------ progress display
 def progress_html(percent: float, text: str, *, state: str = "running") -> str:
     """The progress bar and its line of text."""
@@ -329,9 +385,12 @@ class FociUI:
         """Lay out every control and wire the events."""
         field = self._fields
         values = values_from_task(self.default_task, lora_rows=self.lora_rows)
+        initial = self._load_lock(values)
+        values.update(initial.values)
         settings = self.settings
         with FociBlocks(title=self.title, analytics_enabled=False) as blocks:
             blocks.controller = self
+            saved = gr.State(initial.saved)
             with gr.Row(elem_id="foci-main"):
                 with gr.Column(scale=2, elem_id="foci-left"):
                     preview = gr.Image(label="Preview", format="png", interactive=False, visible=False,
@@ -377,6 +436,7 @@ class FociUI:
                         field("negative_prompt", gr.Textbox(values["negative_prompt"], lines=2,
                                                             label="Negative Prompt",
                                                             placeholder="What the picture should avoid",
+                                                            visible=not initial.locked,
                                                             elem_id="foci-negative"))
                         random = gr.Checkbox(self.random_by_default, label="Random", elem_id="foci-random")
                         field("seed", gr.Textbox(values["seed"], label="Seed", max_lines=1,
@@ -398,9 +458,11 @@ class FociUI:
                                                                allow_custom_value=True, elem_id="foci-base"))
                         refiner = field("refiner_model", gr.Dropdown(
                             [NO_MODEL_LABEL, *self._model_choices(values["base_model"])],
-                            value=values["refiner_model"], label="Refiner", allow_custom_value=True))
+                            value=values["refiner_model"], label="Refiner", allow_custom_value=True,
+                            interactive=not initial.locked, elem_id="foci-refiner"))
                         field("refiner_switch", gr.Slider(0.1, 1.0, value=values["refiner_switch"], step=0.0001,
-                                                          label="Refiner Switch At"))
+                                                          label="Refiner Switch At", interactive=not initial.locked,
+                                                          elem_id="foci-refiner-switch"))
                         lora_names: list[gr.Dropdown] = []
                         for row in range(self.lora_rows):
                             with gr.Row():
@@ -416,40 +478,43 @@ class FociUI:
                         refresh = gr.Button("Refresh files", size="sm")
                     with gr.Tab("Advanced", elem_id="foci-tab-advanced"):
                         field("guidance_scale", gr.Slider(1.0, 30.0, value=values["guidance_scale"], step=0.01,
-                                                          label="Guidance Scale", elem_id="foci-guidance"))
+                                                          label="Guidance Scale", interactive=not initial.locked,
+                                                          elem_id="foci-guidance"))
                         field("sharpness", gr.Slider(0.0, 30.0, value=values["sharpness"], step=0.001,
-                                                     label="Image Sharpness"))
+                                                     label="Image Sharpness", interactive=not initial.locked,
+                                                     elem_id="foci-sharpness"))
                         developer = gr.Checkbox(settings.default_developer_debug_mode_checkbox,
                                                 label="Developer options", elem_id="foci-developer")
                         with gr.Column(visible=settings.default_developer_debug_mode_checkbox) as developer_box:
-                            self._developer_controls(values)
+                            self._developer_controls(values, locked=initial.locked)
             self._wire(dict(
                 preview=preview, progress=progress, gallery=gallery, prompt=prompt, generate=generate,
                 load_parameters=load_parameters, stop=stop, skip=skip, advanced=advanced, forever=forever,
                 right=right, preset=preset, random=random, image_file=image_file, style_search=style_search,
                 styles=styles, base=base, refiner=refiner, lora_names=lora_names, refresh=refresh,
-                developer=developer, developer_box=developer_box))
+                developer=developer, developer_box=developer_box, saved=saved))
         return blocks
 
-    def _developer_controls(self, values: dict[str, Any]) -> None:
+    def _developer_controls(self, values: dict[str, Any], *, locked: bool) -> None:
         field = self._fields
+        lock = {"interactive": not locked}
         with gr.Tabs():
             with gr.Tab("Sampling"):
                 field("sampler", gr.Dropdown(list(SAMPLERS), value=values["sampler"], label="Sampler",
-                                             elem_id="foci-sampler"))
+                                             elem_id="foci-sampler", **lock))
                 field("scheduler", gr.Dropdown(list(SCHEDULERS), value=values["scheduler"], label="Scheduler",
-                                               elem_id="foci-scheduler"))
+                                               elem_id="foci-scheduler", **lock))
                 field("adm_scaler_positive", gr.Slider(0.1, 3.0, value=values["adm_scaler_positive"], step=0.001,
-                                                       label="ADM scaler, positive"))
+                                                       label="ADM scaler, positive", **lock))
                 field("adm_scaler_negative", gr.Slider(0.1, 3.0, value=values["adm_scaler_negative"], step=0.001,
-                                                       label="ADM scaler, negative"))
+                                                       label="ADM scaler, negative", **lock))
                 field("adm_scaler_end", gr.Slider(0.0, 1.0, value=values["adm_scaler_end"], step=0.001,
-                                                  label="ADM guidance ends at"))
+                                                  label="ADM guidance ends at", **lock))
                 field("adaptive_cfg", gr.Slider(1.0, 30.0, value=values["adaptive_cfg"], step=0.01,
-                                                label="CFG mimicking (TSNR)"))
+                                                label="CFG mimicking (TSNR)", elem_id="foci-adaptive-cfg", **lock))
                 field("clip_skip", gr.Slider(1, 12, value=values["clip_skip"], step=1, label="CLIP skip"))
                 field("refiner_swap_method", gr.Radio(["joint", "separate"], value=values["refiner_swap_method"],
-                                                      label="Refiner swap method"))
+                                                      label="Refiner swap method", **lock))
                 field("vae", gr.Dropdown([DEFAULT_VAE_LABEL, *self._files("vae")], value=values["vae"], label="VAE",
                                          allow_custom_value=True))
                 field("sag_scale", gr.Slider(0.0, 10.0, value=values["sag_scale"], step=0.01,
@@ -513,7 +578,12 @@ class FociUI:
                                outputs=fields["seed"], show_progress="hidden", api_visibility="private")
         parts["prompt"].change(lambda text: gr.Button(visible=_looks_like_json(text)), inputs=parts["prompt"],
                                outputs=parts["load_parameters"], show_progress="hidden", api_visibility="private")
-        restore_outputs = [*all_fields, parts["random"], parts["load_parameters"]]
+        restricted = [fields[name] for name in RESTRICTED_CONTROLS]
+        fields["performance"].change(self.change_performance,
+                                     inputs=[fields["performance"], parts["saved"], *restricted],
+                                     outputs=[*restricted, fields["negative_prompt"], parts["saved"]],
+                                     show_progress="hidden", api_visibility="private")
+        restore_outputs = [*all_fields, parts["random"], parts["load_parameters"], parts["saved"]]
         parts["load_parameters"].click(self.load_from_text, inputs=parts["prompt"], outputs=restore_outputs,
                                        show_progress="hidden", api_visibility="private")
         parts["image_file"].upload(self.load_from_image, inputs=parts["image_file"], outputs=restore_outputs,
@@ -522,8 +592,9 @@ class FociUI:
             choices=self._style_choices(list(selected or []), search or "")),
             inputs=[parts["style_search"], parts["styles"]], outputs=parts["styles"], show_progress="hidden",
             api_visibility="private")
-        parts["preset"].change(self.load_preset, inputs=[parts["preset"], *all_fields], outputs=all_fields,
-                               show_progress="hidden", api_visibility="private")
+        parts["preset"].change(self.load_preset_and_lock, inputs=[parts["preset"], *all_fields],
+                               outputs=[*all_fields, parts["saved"]], show_progress="hidden",
+                               api_visibility="private")
         model_dropdowns = [parts["base"], parts["refiner"], *parts["lora_names"]]
         parts["refresh"].click(self.refresh_files, inputs=[parts["base"]], outputs=model_dropdowns,
                                show_progress="hidden", api_visibility="private")
@@ -664,19 +735,22 @@ class FociUI:
 
     # -------------------------------------------------------------------------------------- restoring
     def _restore(self, task: GenerationTask) -> list[Any]:
+        """Updates for every control, "Random", "Load Parameters" and the saved-values state showing ``task``."""
         values = values_from_task(task, lora_rows=self.lora_rows)
         known = set(self.styles.names())
         unknown = [name for name in values["styles"] if name not in known]
         if unknown:
             gr.Warning(f"unknown styles ignored: {', '.join(unknown)}")
         values["styles"] = [name for name in values["styles"] if name in known]
-        updates = self._updates(values)
+        lock = self._load_lock(values)
+        updates = self._updates(values, lock)
         updates[list(self._fields.components).index("seed")] = gr.Textbox(value=values["seed"], visible=True)
-        return [*updates, False, gr.Button(visible=False)]
+        return [*updates, False, gr.Button(visible=False), lock.saved]
 
     def _task_from_payload(self, payload: str | dict[str, Any], scheme: str | None) -> GenerationTask:
         return task_from_metadata(payload, scheme, model_files=self._files("checkpoints"),
-                                  lora_files=self._files("loras"), vae_files=self._files("vae"))
+                                  lora_files=self._files("loras"), vae_files=self._files("vae"),
+                                  style_library=self.styles)
 
     def load_from_text(self, text: str) -> list[Any]:
         """Load Parameters: fill every control from metadata pasted into the prompt box."""
@@ -700,9 +774,22 @@ class FociUI:
         return self._restore(task)
 
     def load_preset(self, name: str | None, *current: Any) -> list[Any]:
-        """Switch preset: controls take the preset's defaults (the prompts are kept unless it sets them)."""
+        """Switch preset: controls take the preset's defaults (the prompts are kept unless it sets them).
+        One update per control, in :attr:`control_names` order."""
+        values = self._preset_values(name, current)
+        return [gr.skip()] * len(current) if values is None else self._updates(values)
+
+    def load_preset_and_lock(self, name: str | None, *current: Any) -> list[Any]:
+        """:meth:`load_preset`, plus the new saved-values state (the preset's own values in a restricted mode)."""
+        values = self._preset_values(name, current)
+        if values is None:
+            return [gr.skip()] * (len(current) + 1)
+        lock = self._load_lock(values)
+        return [*self._updates(values, lock), lock.saved]
+
+    def _preset_values(self, name: str | None, current: Sequence[Any]) -> dict[str, Any] | None:
         if not name:
-            return [gr.skip()] * len(current)
+            return None
         try:
             settings, messages = load_settings(preset=name, root=self.root, known_styles=self.styles.names())
             task = GenerationTask(**settings.task_defaults())
@@ -715,19 +802,54 @@ class FociUI:
         for key in ("prompt", "negative_prompt", "seed"):
             if not values[key] or key == "seed":
                 values[key] = kept[key]
-        return self._updates(values)
+        return values
 
-    def _updates(self, values: dict[str, Any]) -> list[Any]:
-        """One update per task control, in control order, showing ``values``."""
+    def _updates(self, values: dict[str, Any], lock: PerformanceLock | None = None) -> list[Any]:
+        """One update per task control, in control order, showing ``values``; the restricted controls are locked
+        (showing the forced values) or unlocked, and the negative prompt hidden or shown, per ``lock`` (by
+        default the one the values' performance calls for)."""
+        lock = self._load_lock(values) if lock is None else lock
         updates: list[Any] = []
         for key in self._fields.components:
             if key == "aspect_ratio":
                 updates.append(gr.Radio(choices=self._aspect_choices(values[key]), value=values[key]))
             elif key == "styles":
                 updates.append(gr.CheckboxGroup(choices=self._style_choices(values[key]), value=values[key]))
+            elif key in RESTRICTED_CONTROLS:
+                updates.append(gr.update(value=lock.values[key], interactive=not lock.locked))
+            elif key == "negative_prompt":
+                updates.append(gr.Textbox(value=values[key], visible=not lock.locked))
             else:
                 updates.append(values[key])
         return updates
+
+    # -------------------------------------------------------------------------------------- performance lock
+    def _unrestricted_defaults(self) -> dict[str, Any]:
+        task = self.default_task
+        if forced_control_values(task.performance) is not None:
+            task = GenerationTask()
+        return values_from_task(task, lora_rows=0)
+
+    def _load_lock(self, values: Mapping[str, Any]) -> PerformanceLock:
+        """The lock for values being loaded (UI defaults, a preset, metadata). In a restricted mode a loaded value
+        equal to the forced one is no choice of the user's, so the value saved for it is the UI default."""
+        lock = performance_lock(values["performance"], values)
+        forced = forced_control_values(values["performance"])
+        if lock.saved is None or forced is None:
+            return lock
+        defaults = self._unrestricted_defaults()
+        saved = {name: defaults[name] if name in forced and value == forced[name] else value
+                 for name, value in lock.saved.items()}
+        return PerformanceLock(lock.values, True, saved)
+
+    def change_performance(self, performance: str, saved: dict[str, Any] | None, *current: Any) -> list[Any]:
+        """Performance changed: lock the restricted controls on their forced values (restricted modes) or unlock
+        them on the values they had before. ``current`` are the :data:`RESTRICTED_CONTROLS` values in order.
+        Returns their updates (``gr.update`` dicts: a component instance would be checked against choices it
+        lacks), then the negative prompt's (hidden while locked), then the new saved state."""
+        lock = performance_lock(performance, dict(zip(RESTRICTED_CONTROLS, current, strict=True)), saved)
+        updates = [gr.update(value=lock.values[name], interactive=not lock.locked) for name in RESTRICTED_CONTROLS]
+        return [*updates, gr.Textbox(visible=not lock.locked), lock.saved]
 
     def refresh_files(self, base: str | None) -> list[Any]:
         """Rescan the model folders into the model and LoRA dropdowns."""
