@@ -195,7 +195,8 @@ def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, 
     page.get_by_text("Finished: 1 image").wait_for()
     texts = page.evaluate("window.fociTexts")
     assert any(text.startswith("Sampling step 1/2, image 1/1") for text in texts), texts
-    assert page.locator("#foci-generate").is_visible() and not page.locator("#foci-stop").is_visible()
+    page.locator("#foci-generate").wait_for(state="visible")  # the last update, just after the final text
+    page.locator("#foci-stop").wait_for(state="hidden")
 
     (job,) = [job for job in live_ui.store.list() if job.task.prompt == "a red apple on a table"]
     assert job.state is JobState.DONE and len(job.images) == 1
