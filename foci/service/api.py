@@ -685,7 +685,8 @@ def _metadata_of(context: ApiContext, data: bytes) -> MetadataResult:
     scheme, payload = found
     try:
         task = task_from_metadata(payload, scheme, model_files=context.model_names("checkpoints"),
-                                  lora_files=context.model_names("loras"), vae_files=context.model_names("vae"))
+                                  lora_files=context.model_names("loras"), vae_files=context.model_names("vae"),
+                                  style_library=context.styles)
     except ValidationError as error:
         raise HTTPException(422, f"metadata: {validation_message(error)}") from None
     except ValueError as error:
