@@ -436,20 +436,22 @@ class Engine:
                             branch(image.positive, task.adm_scaler_positive),
                             branch(image.negative, task.adm_scaler_negative), empty, name="base")
 
-    def _refiner_stage(self, refiner: _LoadedModel, sampling: ModelSampling, image: _ImagePlan,
-                       size: tuple[int, int], device: torch.device) -> DenoiseStage:
-        """Refiner conditioning (§2.10): SDXL refiner → CLIP-G slice + pooled with aesthetic scores;
-        another SDXL model → the full conds with neutral size conditioning."""
+    def _refiner_stage(self, task: GenerationTask, refiner: _LoadedModel, sampling: ModelSampling,
+                       image: _ImagePlan, size: tuple[int, int], device: torch.device) -> DenoiseStage:
+        """Refiner conditioning (§2.10): an SDXL refiner gets the CLIP-G slice + pooled with aesthetic scores
+        6.0/2.5; another SDXL model gets the full conds and the same timed ADM emphasis as the base."""
+        if refiner.components.info.kind != "sdxl_refiner":
+            stage = self._base_stage(task, refiner, sampling, image, size, device)
+            stage.empty, stage.name = None, "refiner"
+            return stage
         width, height = size
         unet = refiner.components.unet
-        is_refiner = refiner.components.info.kind == "sdxl_refiner"
         context_dim = unet.config.cross_attention_dim
 
         def branch(encoded: EncodedPrompt, score: float) -> BranchConditioning:
-            cond = encoded.cond[..., -context_dim:] if is_refiner else encoded.cond
-            ids = (refiner_time_ids(width, height, aesthetic_score=score) if is_refiner
-                   else sdxl_size_time_ids(width, height, scale=1.0)[1])
-            return BranchConditioning(cond=cond.to(device), pooled=encoded.pooled.to(device),
+            ids = refiner_time_ids(width, height, aesthetic_score=score)
+            return BranchConditioning(cond=encoded.cond[..., -context_dim:].to(device),
+                                      pooled=encoded.pooled.to(device),
                                       time_ids=torch.tensor([ids], dtype=torch.float32, device=device))
 
         return DenoiseStage(unet, sampling, branch(image.positive, REFINER_AESTHETIC_POSITIVE),
@@ -484,7 +486,7 @@ class Engine:
                                     mimic_scale=task.adaptive_cfg, adm_scaler_end=task.adm_scaler_end,
                                     perp_neg_scale=task.perp_neg_scale)
         base_stage = self._base_stage(task, base, sampling, image, size, device)
-        refiner_stage = (self._refiner_stage(refiner, sampling, image, size, device)
+        refiner_stage = (self._refiner_stage(task, refiner, sampling, image, size, device)
                          if refiner is not None else None)
         sag = SelfAttentionGuidance(base.components.unet, scale=task.sag_scale) if task.sag_scale > 0 else None
         denoiser = GuidedDenoiser(base_stage, settings, sag)

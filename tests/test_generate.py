@@ -196,3 +196,13 @@ def test_decode_falls_back_to_tiles_on_out_of_memory(engine: Engine, tiny_checkp
         loaded.components.vae = vae
     assert calls == ["decode", "tiled"]
     assert pixels.shape == (1, 3, 64, 64)
+
+
+def test_another_sdxl_model_as_refiner(engine: Engine, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    from foci.models.synthetic import write_checkpoint
+
+    other = write_checkpoint(tmp_path / "other-base.safetensors", size="tiny", kind="base", seed=5)
+    plain = engine.generate(tiny_task(tiny_checkpoint, steps=6), save=False)[0]
+    swapped = engine.generate(tiny_task(tiny_checkpoint, steps=6, refiner_model=str(other)), save=False)[0]
+    assert torch.isfinite(swapped.latent).all()
+    assert not torch.equal(plain.latent, swapped.latent)
