@@ -192,7 +192,7 @@ def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, 
     page.locator("#foci-prompt textarea").fill("a red apple on a table")
     page.locator("#foci-generate").click()
     page.locator("#foci-gallery img").first.wait_for(state="visible")
-    page.get_by_text("Finished: 1 image").wait_for()
+    page.get_by_text("Finished: 1 image").first.wait_for()
     texts = page.evaluate("window.fociTexts")
     assert any(text.startswith("Sampling step 1/2, image 1/1") for text in texts), texts
     page.locator("#foci-generate").wait_for(state="visible")  # the last update, just after the final text
@@ -224,9 +224,9 @@ def test_stop_cancels_a_long_job(page: Any, live_ui: LiveUI) -> None:
     page.locator("#foci-overwrite-step input").fill("40")
     page.locator("#foci-prompt textarea").fill("a very slow painting")
     page.locator("#foci-generate").click()
-    page.get_by_text("Sampling step").wait_for()
+    page.get_by_text("Sampling step").first.wait_for()
     page.locator("#foci-stop").click()
-    page.get_by_text("Stopped").wait_for()
+    page.get_by_text("Stopped").first.wait_for()
     (job,) = [job for job in live_ui.store.list() if job.task.prompt == "a very slow painting"]
     assert job.task.effective_steps == 40
     final = _wait_for(lambda: (j := live_ui.store.get(job.id)).state.final and j, message="the job to end")
@@ -373,7 +373,7 @@ def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     page.locator("#foci-generate").click()
     page.get_by_text("image 1/2").first.wait_for()
     page.locator("#foci-skip").click()
-    page.get_by_text("Finished: 1 image, 1 skipped").wait_for()
+    page.get_by_text("Finished: 1 image, 1 skipped").first.wait_for()
     (job,) = [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
     assert job.state is JobState.DONE and job.skipped_images == 1 and len(job.images) == 1
     assert job.images[0].seed == job.task.seed + 1
