@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 SAMPLERS: tuple[str, ...] = (
     "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
@@ -96,18 +96,12 @@ class GenerationTask(BaseModel):
     save_metadata: bool = True
     metadata_scheme: Literal["fooocus", "a1111"] = "fooocus"
 
-    @field_validator("sampler")
+    @field_validator("sampler", "scheduler")
     @classmethod
-    def _known_sampler(cls, value: str) -> str:
-        if value not in SAMPLERS:
-            raise ValueError(f"unknown sampler {value!r}; choose one of: {', '.join(SAMPLERS)}")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str) -> str:
-        if value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {value!r}; choose one of: {', '.join(SCHEDULERS)}")
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        choices = SAMPLERS if info.field_name == "sampler" else SCHEDULERS
+        if value not in choices:
+            raise ValueError(f"unknown {info.field_name} {value!r}; choose one of: {', '.join(choices)}")
         return value
 
     @field_validator("aspect_ratio")

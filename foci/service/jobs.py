@@ -352,30 +352,27 @@ class JobStore:
         are kept either way). A job that is already cancelled stays as it is."""
         images = [image if isinstance(image, JobImage) else JobImage.model_validate(image) for image in images]
         skipped_images = _check_int("skipped_images", skipped_images)
-        with self._write() as conn:
-            row = self._row(conn, job_id)
-            if row["state"] == JobState.CANCELLED.value:
-                return self._to_job(row)
-            self._require(row, JobState.RUNNING, action="complete")
-            state = JobState.CANCELLED if row["cancel_requested"] else JobState.DONE
-            self._forget_progress(conn, job_id)
-            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, images = ?, skipped_images = ? WHERE id = ?",
-                         (state.value, time.time(), json.dumps([i.model_dump(mode="json") for i in images]),
-                          skipped_images, job_id))
-            return self._get(conn, job_id)
+        return self._finish(job_id, JobState.DONE, "complete",
+                            images=json.dumps([i.model_dump(mode="json") for i in images]),
+                            skipped_images=skipped_images)
 
     def fail(self, job_id: str, error: str) -> Job:
         """A running job raised: failed with ``error`` (cancelled when a cancel was requested meanwhile)."""
         message = " ".join(str(error).split()) or "unknown error"
+        return self._finish(job_id, JobState.FAILED, "fail", error=message)
+
+    def _finish(self, job_id: str, state: JobState, action: str, **columns: object) -> Job:
+        """End a running job in ``state`` (cancelled instead when a cancel was requested), setting ``columns``."""
         with self._write() as conn:
             row = self._row(conn, job_id)
             if row["state"] == JobState.CANCELLED.value:
                 return self._to_job(row)
-            self._require(row, JobState.RUNNING, action="fail")
-            state = JobState.CANCELLED if row["cancel_requested"] else JobState.FAILED
+            self._require(row, JobState.RUNNING, action=action)
+            final = JobState.CANCELLED if row["cancel_requested"] else state
             self._forget_progress(conn, job_id)
-            conn.execute("UPDATE jobs SET state = ?, finished_at = ?, error = ? WHERE id = ?",
-                         (state.value, time.time(), message, job_id))
+            assignments = "".join(f", {name} = ?" for name in columns)  # names are this class's own literals
+            conn.execute(f"UPDATE jobs SET state = ?, finished_at = ?{assignments} WHERE id = ?",
+                         (final.value, time.time(), *columns.values(), job_id))
             return self._get(conn, job_id)
 
     def release(self, job_id: str) -> Job:
