@@ -20,7 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
@@ -454,12 +454,7 @@ def _task_from_fooocus(
         fields["styles"] = _field(data, "styles", _as_text_list)
     if "resolution" in data:
         fields["aspect_ratio"] = _as_size("resolution", data["resolution"], "x")
-    if "adm_guidance" in data:
-        positive, negative, end = _as_numbers("adm_guidance", data["adm_guidance"], 3)
-        fields.update(adm_scaler_positive=positive, adm_scaler_negative=negative, adm_scaler_end=end)
-    if "freeu" in data:
-        b1, b2, s1, s2 = _as_numbers("freeu", data["freeu"], 4)
-        fields["freeu"] = {"enabled": True, "b1": b1, "b2": b2, "s1": s1, "s2": s2}
+    fields.update(_guidance_fields(data, adm_key="adm_guidance", freeu_key="freeu"))
     if "base_model" in data:
         fields["base_model"] = _resolve(_as_text("base_model", data["base_model"]).strip(), model_files)
     if "refiner_model" in data:
@@ -800,12 +795,7 @@ def _task_from_a1111(
                       negative_prompt=params.get("Raw negative prompt", real_negative))
     if "Size" in params:
         fields["aspect_ratio"] = _as_size("Size", params["Size"], "x")
-    if "ADM Guidance" in params:
-        positive_adm, negative_adm, end = _as_numbers("ADM Guidance", params["ADM Guidance"], 3)
-        fields.update(adm_scaler_positive=positive_adm, adm_scaler_negative=negative_adm, adm_scaler_end=end)
-    if "FreeU" in params:
-        b1, b2, s1, s2 = _as_numbers("FreeU", params["FreeU"], 4)
-        fields["freeu"] = {"enabled": True, "b1": b1, "b2": b2, "s1": s1, "s2": s2}
+    fields.update(_guidance_fields(params, adm_key="ADM Guidance", freeu_key="FreeU"))
     if "Model" in params:
         fields["base_model"] = _resolve(params["Model"].strip(), model_files)
     if "Refiner" in params:
@@ -828,6 +818,18 @@ def _a1111_loras(weights: str, lora_files: list[str]) -> list[LoraSpec]:
         loras.append(LoraSpec(name=resolved, weight=_as_float("Lora weights", weight)))
     return loras
 
+
+
+def _guidance_fields(values: Mapping[str, Any], *, adm_key: str, freeu_key: str) -> dict[str, Any]:
+    """ADM scalers "(pos, neg, end)" and FreeU "(b1, b2, s1, s2)" as task fields, under either scheme's key."""
+    fields: dict[str, Any] = {}
+    if adm_key in values:
+        positive, negative, end = _as_numbers(adm_key, values[adm_key], 3)
+        fields.update(adm_scaler_positive=positive, adm_scaler_negative=negative, adm_scaler_end=end)
+    if freeu_key in values:
+        b1, b2, s1, s2 = _as_numbers(freeu_key, values[freeu_key], 4)
+        fields["freeu"] = {"enabled": True, "b1": b1, "b2": b2, "s1": s1, "s2": s2}
+    return fields
 
 def task_from_metadata(
     payload: str | dict[str, Any],
