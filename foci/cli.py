@@ -43,6 +43,9 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", default=bool(os.environ.get("FOCI_OFFLINE")),
                         help="never download; say which files are missing and where to put them")
     parser.add_argument("--hf-mirror", default=None, help="base URL replacing https://huggingface.co in downloads")
+    parser.add_argument("--mirror", action="append", default=[], metavar="ORIGIN=URL",
+                        help="mirror for another download origin, e.g. https://raw.githubusercontent.com=URL "
+                             "(repeatable; also $FOCI_MIRRORS)")
 
 
 def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
@@ -126,11 +129,12 @@ def _load_settings(args: argparse.Namespace):
 
 
 def _engine(args: argparse.Namespace, settings, root: Path):
-    from foci.downloads import Downloader, load_catalogue, tqdm_progress
+    from foci.downloads import Downloader, load_catalogue, parse_mirrors, tqdm_progress
     from foci.pipeline import Engine
 
     catalogue_file = os.environ.get("FOCI_CATALOGUE")
     downloader = Downloader(mirror=getattr(args, "hf_mirror", None), offline=getattr(args, "offline", False),
+                            mirrors=parse_mirrors(" ".join(getattr(args, "mirror", []))),
                             progress=tqdm_progress(file=sys.stderr, disable=getattr(args, "quiet", False)))
     engine = Engine.from_settings(settings, root=root, device=getattr(args, "device", "auto"),
                                   precision=getattr(args, "precision", "auto"), downloader=downloader,

@@ -247,19 +247,25 @@ class Downloader:
     def __init__(self, *, mirror: str | None = None, offline: bool = False, retries: int = 4, timeout: float = 30,
                  backoff: float = 1.0, progress: ProgressCallback | None = None, chunk_size: int = 1 << 20,
                  environ: Mapping[str, str] | None = None, hash_cache: HashCache | None = None,
-                 sleep: Callable[[float], None] = time.sleep, user_agent: str | None = None) -> None:
+                 sleep: Callable[[float], None] = time.sleep, user_agent: str | None = None,
+                 mirrors: Mapping[str, str] | None = None) -> None:
         """`mirror` replaces `https://huggingface.co` in every URL; when None it is read from `HF_MIRROR` or
-        `HF_ENDPOINT` in `environ` (default: the process environment at construction). `retries` is the number
-        of extra attempts after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds.
+        `HF_ENDPOINT` in `environ` (default: the process environment at construction). `mirrors` maps any other
+        origin (e.g. `https://raw.githubusercontent.com`) to a replacement base URL; `FOCI_MIRRORS` in `environ`
+        adds more as `ORIGIN=URL` pairs separated by spaces or commas. `retries` is the number of extra attempts
+        after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds.
         """
         if retries < 0 or timeout <= 0 or backoff < 0 or chunk_size <= 0:
             raise ValueError("Downloader: retries and backoff must be >= 0, timeout and chunk_size > 0")
         env = os.environ if environ is None else environ
         if mirror is None:
             mirror = env.get("HF_MIRROR") or env.get("HF_ENDPOINT") or None
-        if mirror is not None and not mirror.startswith(("https://", "http://")):
-            raise DownloadError(f"mirror must be an http(s) base URL, got {mirror!r}")
-        self.mirror = mirror.rstrip("/") if mirror else None
+        origins = parse_mirrors(env.get("FOCI_MIRRORS", ""))
+        origins.update({_origin(key): _base_url(value) for key, value in (mirrors or {}).items()})
+        if mirror is not None:
+            origins[HF_ENDPOINT] = _base_url(mirror)
+        self.mirrors: dict[str, str] = origins
+        self.mirror = origins.get(HF_ENDPOINT)
         self.offline = offline
         self.retries = retries
         self.timeout = timeout
@@ -278,9 +284,10 @@ class Downloader:
         self._locks_guard = threading.Lock()
 
     def resolve_url(self, url: str) -> str:
-        """The URL actually requested: the Hugging Face host replaced by the mirror, if any."""
-        if self.mirror and (url == HF_ENDPOINT or url.startswith(HF_ENDPOINT + "/")):
-            return self.mirror + url[len(HF_ENDPOINT):]
+        """The URL actually requested: the URL's origin replaced by its mirror, if one is configured."""
+        for origin, base in self.mirrors.items():
+            if url == origin or url.startswith(origin + "/"):
+                return base + url[len(origin):]
         return url
 
     def fetch(self, entry: CatalogueEntry, folder: str | Path) -> Path:
@@ -531,6 +538,35 @@ def tqdm_progress(**tqdm_kwargs: Any) -> ProgressCallback:
             del bars[event.name]
 
     return callback
+
+
+def parse_mirrors(text: str) -> dict[str, str]:
+    """`ORIGIN=URL` pairs (separated by spaces or commas) as {origin: base URL}; a bad pair is a DownloadError."""
+    mirrors = {}
+    for pair in re.split(r"[\s,]+", text.strip()):
+        if not pair:
+            continue
+        origin, sep, base = pair.partition("=")
+        if not sep:
+            raise DownloadError(f"mirror {pair!r} must be ORIGIN=URL, e.g. https://huggingface.co=https://my-mirror")
+        mirrors[_origin(origin)] = _base_url(base)
+    return mirrors
+
+
+def _base_url(url: str) -> str:
+    if not url.startswith(("https://", "http://")):
+        raise DownloadError(f"mirror must be an http(s) base URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL given as an origin (a bare host means https)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "https://" + url
+    if not url.startswith(("https://", "http://")) or "/" in url.split("://", 1)[1]:
+        raise DownloadError(f"mirror origin must be scheme://host, got {url!r}")
+    return url
 
 
 def _lookup(catalogue: Mapping[str, CatalogueEntry], name: str) -> CatalogueEntry:

@@ -59,6 +59,8 @@ from foci.wildcards import WildcardLibrary
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 REFINER_AESTHETIC_POSITIVE = 6.0
 REFINER_AESTHETIC_NEGATIVE = 2.5
+EXPANSION_FILES = ("fooocus_expansion.bin", "fooocus_expansion_positive.txt")
+"""Catalogue names of the Fooocus V2 expansion files (saved as pytorch_model.bin and positive.txt)."""
 _log = logging.getLogger(__name__)
 
 
@@ -303,7 +305,7 @@ class Engine:
                        if (f / "pytorch_model.bin").is_file() or (f / "model.safetensors").is_file()), None)
         if folder is None and self.downloader is not None:
             try:
-                self.downloader.ensure(["fooocus_expansion.bin", "positive.txt"], self.folders, self.catalogue)
+                self.downloader.ensure(list(EXPANSION_FILES), self.folders, self.catalogue)
             except DownloadError as error:
                 raise GenerationError(str(error)) from error
         folder = folder or self.folders.download_folder("prompt_expansion")

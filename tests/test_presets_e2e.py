@@ -3,6 +3,7 @@ same flow from an empty models folder downloading everything from a loopback mir
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -15,6 +16,7 @@ from safetensors.torch import save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from foci.cli import main
+from foci.downloads import load_catalogue
 from foci.metadata import task_from_metadata
 from foci.models.checkpoint import load_checkpoint
 from foci.models.lora import lora_module_names
@@ -131,30 +133,21 @@ def test_unknown_style_and_lora_are_clear_errors(realistic_files, tmp_path: Path
 def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    served = {
-        f"/lllyasviel/fav_models/resolve/main/fav/{REALISTIC_MODEL}": realistic_files["checkpoint"],
-        f"/mashb1t/fav_models/resolve/main/fav/{REALISTIC_LORA}": realistic_files["lora"],
-        "/lllyasviel/misc/resolve/main/fooocus_expansion.bin": realistic_files["pytorch_model.bin"],
-        "/lllyasviel/Fooocus/main/models/prompt_expansion/fooocus_expansion/positive.txt":
-            realistic_files["positive.txt"],
-    }
-
-    def entry(name: str, url: str, folder: str, data: bytes, save_as: str | None = None) -> dict:
-        return {"name": name, "url": url, "folder": folder, "size": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(), "licence": "test", "presets": ["realistic"],
-                "save_as": save_as}
-
-    hf = "https://huggingface.co"
-    catalogue = {"format": 1, "about": "test", "entries": [
-        entry(REALISTIC_MODEL, f"{hf}/lllyasviel/fav_models/resolve/main/fav/{REALISTIC_MODEL}", "checkpoints",
-              realistic_files["checkpoint"]),
-        entry(REALISTIC_LORA, f"{hf}/mashb1t/fav_models/resolve/main/fav/{REALISTIC_LORA}", "loras",
-              realistic_files["lora"]),
-        entry("fooocus_expansion.bin", f"{hf}/lllyasviel/misc/resolve/main/fooocus_expansion.bin",
-              "prompt_expansion", realistic_files["pytorch_model.bin"], "pytorch_model.bin"),
-        entry("positive.txt", f"{hf}/lllyasviel/Fooocus/main/models/prompt_expansion/fooocus_expansion/positive.txt",
-              "prompt_expansion", realistic_files["positive.txt"]),
-    ]}
+    # The shipped catalogue's own entries (names, URLs, folders, save_as), with the synthetic files' sizes/hashes:
+    # the expansion's word list lives on GitHub, not the Hub, so it needs a mirror of its own.
+    data_of = {REALISTIC_MODEL: realistic_files["checkpoint"], REALISTIC_LORA: realistic_files["lora"],
+               "fooocus_expansion.bin": realistic_files["pytorch_model.bin"],
+               "fooocus_expansion_positive.txt": realistic_files["positive.txt"]}
+    shipped = load_catalogue()
+    hf, github = "https://huggingface.co", "https://raw.githubusercontent.com"
+    served, entries = {}, []
+    for name, data in data_of.items():
+        entry = dataclasses.asdict(shipped[name]) | {"size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                                      "presets": ["realistic"]}
+        entries.append(entry)
+        origin, prefix = (hf, "/hf") if entry["url"].startswith(hf) else (github, "/gh")
+        served[prefix + entry["url"].removeprefix(origin)] = data
+    catalogue = {"format": 1, "about": "test", "entries": entries}
     (tmp_path / "catalogue.json").write_text(json.dumps(catalogue))
     expansion = tmp_path / "models" / "prompt_expansion" / "fooocus_expansion"
     expansion.mkdir(parents=True)
@@ -165,7 +158,7 @@ def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tm
     with FileServer(served) as server:
         args = ["generate", "a cat", "--preset", "realistic", "--aspect", "64*64", "--steps", "2",
                 "--image-number", "1", "--seed", "3", "--precision", "fp32", "--device", "cpu",
-                "--hf-mirror", server.base_url]
+                "--hf-mirror", server.base_url + "/hf", "--mirror", f"{github}={server.base_url}/gh"]
         code = main(args)
         out, err = capsys.readouterr()
         assert code == 0, err
@@ -181,7 +174,7 @@ def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tm
     shutil.rmtree(tmp_path / "models" / "loras")
     monkeypatch.setenv("FOCI_OFFLINE", "1")
     capsys.readouterr()
-    assert main([*args[:-2], "--quiet"]) == 2
+    assert main([*args[:-4], "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("foci: error: offline") and REALISTIC_LORA in err and "models/loras" in err
 
