@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
+from foci.dev.synthetic import write_checkpoint
+from foci.engine.engine import Engine, ProgressEvent
 from foci.models.checkpoint import load_checkpoint
-from foci.models.synthetic import write_checkpoint
-from foci.pipeline import Engine, ProgressEvent
 from foci.task import GenerationTask
 
 

@@ -8,14 +8,14 @@ __version__ = "0.1.0"
 __all__ = ["Engine", "GenerationTask", "__version__"]
 
 if TYPE_CHECKING:
-    from foci.pipeline import Engine
+    from foci.engine.engine import Engine
     from foci.task import GenerationTask
 
 
 def __getattr__(name: str) -> Any:
     """Import the heavy parts (torch, diffusers) only when they are used."""
     if name == "Engine":
-        from foci.pipeline import Engine
+        from foci.engine.engine import Engine
 
         return Engine
     if name == "GenerationTask":

@@ -12,11 +12,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 # No test may reach the internet: the CLI's downloader stays offline unless a test serves files on loopback.
 os.environ["FOCI_OFFLINE"] = "1"
 
+LAYERS = ("unit", "engine", "service", "browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its layer, the folder it lives in: `pytest -m unit` (or `pytest tests/unit`) runs one."""
+    for item in items:
+        layer = next((part for part in Path(str(item.path)).parts if part in LAYERS), None)
+        if layer is not None:
+            item.add_marker(getattr(pytest.mark, layer))
+
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder holding a tiny base and a tiny refiner checkpoint in the original SDXL layout."""
-    from foci.models.synthetic import write_checkpoint
+    from foci.dev.synthetic import write_checkpoint
 
     root = tmp_path_factory.mktemp("models")
     checkpoints = root / "checkpoints"
@@ -39,7 +49,7 @@ def tiny_refiner(tiny_models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def engine(tiny_models_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One CPU fp32 engine shared by the end-to-end tests (models stay loaded between tests)."""
-    from foci.pipeline import Engine
+    from foci.engine.engine import Engine
 
     return Engine(models_dir=tiny_models_dir, output_dir=tmp_path_factory.mktemp("outputs"), device="cpu",
                   precision="fp32")

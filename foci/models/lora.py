@@ -26,9 +26,9 @@ from pathlib import Path
 
 import torch
 
+from foci.dev.synthetic import _unet_key
 from foci.models.checkpoint import UNET_PREFIX
 from foci.models.lora_formats import LoraError, Patch, group_patches, patch_delta, read_lora_file
-from foci.models.synthetic import _unet_key
 
 __all__ = [
     "LoraError",

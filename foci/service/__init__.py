@@ -1,5 +1,5 @@
-"""The Foci service: a persistent job queue, the worker that runs it, job events, and (from other modules) the
-REST API and the web UI built on them.
+"""The Foci service: a persistent job queue, the worker that runs it, job events, webhooks, previews and
+credentials; the REST API and the web UI on top of them live in ``foci.apps``.
 
 ``foci.service.jobs`` and ``foci.service.events`` need no torch; ``foci.service.worker`` imports the engine only
 when a job fails, and ``foci.service.previews`` needs torch.

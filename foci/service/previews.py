@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 if TYPE_CHECKING:
-    from foci.model_folders import ModelFolders
+    from foci.files.folders import ModelFolders
     from foci.models.vae_approx import VaeApprox
 
 _log = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ class PreviewRenderer:
         return model
 
     def _refresh(self) -> None:
-        from foci.model_folders import ModelFoldersError
+        from foci.files.folders import ModelFoldersError
 
         assert self.folders is not None
         try:

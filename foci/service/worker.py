@@ -28,7 +28,7 @@ from foci.service.events import EventBus, EventKind, JobEvent
 from foci.service.jobs import Job, JobError, JobImage, JobProgress, JobStore, UnknownJobError
 
 if TYPE_CHECKING:
-    from foci.pipeline import ProgressEvent
+    from foci.engine.engine import ProgressEvent
     from foci.service.previews import PreviewRenderer
     from foci.task import GenerationTask
 
@@ -37,7 +37,7 @@ MAX_ERROR_CHARS = 500
 
 
 class EngineLike(Protocol):
-    """What the worker needs of :class:`foci.pipeline.Engine` (tests pass lighter stand-ins)."""
+    """What the worker needs of :class:`foci.engine.engine.Engine` (tests pass lighter stand-ins)."""
 
     output_dir: Path
 
@@ -67,7 +67,7 @@ class _Run:
 
 def one_line_error(error: BaseException) -> str:
     """An exception as one short line: the message of errors meant for users, else ``Type: message``."""
-    from foci.pipeline import GenerationError  # the engine module is heavy; only needed once something failed
+    from foci.engine.engine import GenerationError  # the engine module is heavy; only needed once something failed
 
     message = " ".join(str(error).split())
     if not isinstance(error, GenerationError | JobError):

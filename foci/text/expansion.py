@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, LogitsProcessor, LogitsProcessorList
 
-from foci.prompts import safe_str
+from foci.text.prompts import safe_str
 
 ENDOFTEXT = "<|endoftext|>"
 ENDOFTEXT_ID = 50256

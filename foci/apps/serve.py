@@ -1,0 +1,123 @@
+"""The Foci service: one app with the REST API (``/v1``, ``/docs``), the web UI (``/``) and ``/history``,
+sharing one job store, event bus and worker. ``foci`` (no arguments) or ``foci serve`` runs it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI
+
+from foci.apps.api import create_app
+from foci.apps.webui import build_ui, mount_ui
+from foci.engine.engine import Engine
+from foci.service.auth import DEFAULT_AUTH_FILE, AuthConfig
+from foci.service.events import EventBus
+from foci.service.jobs import JobStore
+from foci.service.pool import WorkerPool
+from foci.service.webhooks import WebhookDispatcher
+from foci.service.worker import Worker
+from foci.settings.config import FociSettings
+
+_log = logging.getLogger(__name__)
+DEFAULT_PORT = 7865
+JOBS_FILE = "jobs.sqlite3"
+
+
+def quiet_environment() -> None:
+    """No analytics or hub calls from Gradio/huggingface_hub (stack notes §6); Foci downloads by itself."""
+    for name, value in (("GRADIO_ANALYTICS_ENABLED", "False"), ("HF_HUB_OFFLINE", "1"),
+                        ("HF_HUB_DISABLE_TELEMETRY", "1")):
+        os.environ.setdefault(name, value)
+
+
+@dataclass
+class Service:
+    """Everything a running server owns; ``close()`` stops the worker before the store."""
+
+    app: FastAPI
+    store: JobStore
+    bus: EventBus
+    worker: WorkerPool
+    engines: list[Engine]
+    webhooks: WebhookDispatcher
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def close(self) -> None:
+        """End open event streams, stop the worker (its job goes back to the queue), then webhooks and store."""
+        self.app.state.foci.close_streams()
+        self.worker.stop()
+        self.webhooks.close()
+        self.store.close()
+
+
+def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Path, listen_host: str = "127.0.0.1",
+                  auth_file: Path | None = None, jobs_file: Path | None = None,
+                  ui_defaults: Mapping[str, Any] | None = None) -> Service:
+    """Wire store, workers (one per engine, i.e. per device), API and UI together (workers not started yet).
+
+    Credentials come from ``auth_file`` (default ``<root>/auth.json`` when it exists); listening beyond loopback
+    without any raises :class:`foci.service.auth.AuthError`. Jobs still running at a crash are re-queued.
+    """
+    quiet_environment()
+    if auth_file is None and (root / DEFAULT_AUTH_FILE).is_file():
+        auth_file = root / DEFAULT_AUTH_FILE
+    auth = AuthConfig.load(auth_file, listen_host=listen_host)
+    store = JobStore(jobs_file or root / JOBS_FILE)
+    recovered = store.recover()
+    if recovered:
+        _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
+    bus = EventBus()
+    webhooks = WebhookDispatcher()
+    worker = WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
+                         for index, engine in enumerate(engines)])
+    engine = engines[0]  # folders, output dir and models list are the same for every device
+    app = create_app(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
+                     output_dir=engine.output_dir, root=root)
+    blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=settings,
+                      output_dir=engine.output_dir, defaults=ui_defaults, root=root)
+    options: dict[str, Any] = {}
+    dependencies: list[Any] = []
+    if auth.enabled:
+        def login(user: str, password: str) -> bool:  # a user/password, or any name with an API key as password
+            return bool(auth.check_user(user, password) or auth.check_key(password))
+
+        options["auth"] = login
+        dependencies.append(Depends(_history_guard(auth)))
+    mount_ui(app, blocks, "/", history_dependencies=dependencies, **options)
+    return Service(app, store, bus, worker, list(engines), webhooks)
+
+
+def _history_guard(auth: AuthConfig):
+    from fastapi import HTTPException, Request
+
+    def guard(request: Request) -> None:
+        if auth.authenticate(request.headers) is None:
+            raise HTTPException(401, "missing or invalid credentials",
+                                headers={"WWW-Authenticate": 'Basic realm="foci"'})
+
+    return guard
+
+
+def serve(service: Service, *, host: str, port: int, open_browser: bool) -> None:
+    """Run until interrupted; the worker is stopped (its job re-queued) on the way out."""
+    import uvicorn
+
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    service.start()
+    print(f"Foci is running at {url}  (API docs: {url}docs)", flush=True)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        # open event streams of queued jobs would otherwise hold a graceful shutdown forever
+        uvicorn.run(service.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=3)
+    finally:
+        service.close()

@@ -1,0 +1,596 @@
+"""Models on demand: the file catalogue (§2.24) and verified, resumable downloads over plain HTTP(S).
+
+Only the standard library talks to the network (`urllib.request`): Hugging Face `resolve` URLs and GitHub release
+assets are ordinary redirects to a CDN. A download streams into `<file>.part`, resumes with an HTTP `Range`
+request after a dropped connection, retries transient failures with exponential backoff, checks size and SHA-256
+and only then moves the file into place with `os.replace`, so a model path never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import logging
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from foci.files.folders import MODEL_KINDS, ModelFolders
+
+if TYPE_CHECKING:
+    from foci.files.hash_cache import HashCache
+
+logger = logging.getLogger(__name__)
+
+HF_ENDPOINT = "https://huggingface.co"
+ALWAYS = "always"
+"""The `presets` tag of files every preset needs (VAE approximations, interposer, prompt expansion)."""
+
+PRESETS: tuple[str, ...] = ("default", "anime", "realistic", "lcm", "lightning", "playground_v2.5", "pony_v6", "sai")
+# Each preset's own performance (§1.12) and the LoRA each performance adds (§1.9).
+PRESET_PERFORMANCE: Mapping[str, str] = {
+    "default": "Speed", "anime": "Speed", "realistic": "Speed", "lcm": "Extreme Speed", "lightning": "Lightning",
+    "playground_v2.5": "Speed", "pony_v6": "Speed", "sai": "Speed",
+}
+PERFORMANCES: tuple[str, ...] = ("Quality", "Speed", "Extreme Speed", "Lightning", "Hyper-SD")
+PERFORMANCE_LORAS: Mapping[str, str] = {
+    "Extreme Speed": "sdxl_lcm_lora.safetensors",
+    "Lightning": "sdxl_lightning_4step_lora.safetensors",
+    "Hyper-SD": "sdxl_hyper_sd_4step_lora.safetensors",
+}
+# Files an optional feature pulls on first use (§2.24 "When" column).
+FEATURE_FILES: Mapping[str, tuple[str, ...]] = {
+    "inpaint_v1": ("fooocus_inpaint_head.pth", "inpaint.fooocus.patch"),
+    "inpaint_v2.5": ("fooocus_inpaint_head.pth", "inpaint_v25.fooocus.patch"),
+    "inpaint_v2.6": ("fooocus_inpaint_head.pth", "inpaint_v26.fooocus.patch"),
+    "upscale": ("fooocus_upscaler_s409985e5.bin",),
+    "pyracanny": ("control-lora-canny-rank128.safetensors",),
+    "cpds": ("fooocus_xl_cpds_128.safetensors",),
+    "image_prompt": ("clip_vision_vit_h.safetensors", "fooocus_ip_negative.safetensors",
+                     "ip-adapter-plus_sdxl_vit-h.bin"),
+    "faceswap": ("clip_vision_vit_h.safetensors", "fooocus_ip_negative.safetensors",
+                 "ip-adapter-plus-face_sdxl_vit-h.bin", "detection_Resnet50_Final.pth", "parsing_parsenet.pth"),
+    "describe_photo": ("model_base_caption_capfilt_large.pth",),
+    "describe_anime": ("wd-v1-4-moat-tagger-v2.onnx", "wd-v1-4-moat-tagger-v2.csv"),
+    "safety_checker": ("stable-diffusion-safety-checker.bin",),
+    "sam_vit_b": ("sam_vit_b_01ec64.pth", "groundingdino_swint_ogc.pth"),
+    "sam_vit_l": ("sam_vit_l_0b3195.pth", "groundingdino_swint_ogc.pth"),
+    "sam_vit_h": ("sam_vit_h_4b8939.pth", "groundingdino_swint_ogc.pth"),
+}
+
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+_RETRY_STATUS = frozenset({408, 425, 429})
+_ENTRY_KEYS = frozenset({"name", "url", "folder", "size", "sha256", "licence", "presets", "save_as", "note"})
+
+
+class CatalogueError(ValueError):
+    """A malformed catalogue file, an unknown catalogue name, preset or performance."""
+
+
+class DownloadError(RuntimeError):
+    """A model file could not be made available (offline, HTTP error, failed checksum, too many retries)."""
+
+
+# --------------------------------------------------------------------------------------------------- catalogue
+
+
+@dataclass(frozen=True)
+class CatalogueEntry:
+    """One downloadable model file."""
+
+    name: str
+    url: str
+    folder: str  # a model kind (foci.files.folders.MODEL_KINDS)
+    size: int | None
+    sha256: str | None
+    licence: str
+    presets: tuple[str, ...] = ()
+    save_as: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        """The name the file has on disk (`save_as`, else `name`)."""
+        return self.save_as or self.name
+
+
+def load_catalogue(path: str | Path | None = None) -> dict[str, CatalogueEntry]:
+    """Read a catalogue JSON file (the packaged `foci/files/catalogue.json` by default), validating every entry."""
+    if path is None:
+        return dict(_packaged_catalogue())
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogueError(f"cannot read catalogue {path}: {exc.strerror or exc}") from exc
+    return _parse_catalogue(text, str(path))
+
+
+@lru_cache(maxsize=1)
+def _packaged_catalogue() -> tuple[tuple[str, CatalogueEntry], ...]:
+    text = resources.files("foci.files").joinpath("catalogue.json").read_text(encoding="utf-8")
+    return tuple(_parse_catalogue(text, "foci/files/catalogue.json").items())
+
+
+def _parse_catalogue(text: str, source: str) -> dict[str, CatalogueEntry]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CatalogueError(f"catalogue {source} is not valid JSON: {exc}") from exc
+    raw_entries = document.get("entries") if isinstance(document, dict) else None
+    if not isinstance(raw_entries, list):
+        raise CatalogueError(f"catalogue {source} must be an object with an 'entries' list")
+    catalogue: dict[str, CatalogueEntry] = {}
+    for index, raw in enumerate(raw_entries):
+        entry = _parse_entry(raw, f"{source} entry {index}")
+        if entry.name in catalogue:
+            raise CatalogueError(f"catalogue {source}: duplicate name {entry.name!r}")
+        catalogue[entry.name] = entry
+    return catalogue
+
+
+def _parse_entry(raw: Any, where: str) -> CatalogueEntry:
+    if not isinstance(raw, dict):
+        raise CatalogueError(f"{where} must be an object")
+    unknown = sorted(set(raw) - _ENTRY_KEYS)
+    if unknown:
+        raise CatalogueError(f"{where}: unknown key {unknown[0]!r}")
+    name, url, folder = raw.get("name"), raw.get("url"), raw.get("folder")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
+        raise CatalogueError(f"{where}: 'name' must be a plain file name, got {name!r}")
+    where = f"{where} ({name})"
+    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+        raise CatalogueError(f"{where}: 'url' must be an http(s) URL, got {url!r}")
+    if folder not in MODEL_KINDS:
+        raise CatalogueError(f"{where}: 'folder' must be one of {', '.join(MODEL_KINDS)}, got {folder!r}")
+    size, sha256 = raw.get("size"), raw.get("sha256")
+    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
+        raise CatalogueError(f"{where}: 'size' must be a positive byte count or null, got {size!r}")
+    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)):
+        raise CatalogueError(f"{where}: 'sha256' must be 64 lower-case hex digits or null, got {sha256!r}")
+    licence = raw.get("licence")
+    if not isinstance(licence, str) or not licence:
+        raise CatalogueError(f"{where}: 'licence' must be a non-empty string")
+    presets = raw.get("presets", [])
+    if not isinstance(presets, list) or not all(isinstance(p, str) for p in presets):
+        raise CatalogueError(f"{where}: 'presets' must be a list of preset names")
+    save_as = raw.get("save_as")
+    if save_as is not None and (not isinstance(save_as, str) or not save_as or "/" in save_as or "\\" in save_as):
+        raise CatalogueError(f"{where}: 'save_as' must be a plain file name or null, got {save_as!r}")
+    return CatalogueEntry(name=name, url=url, folder=folder, size=size, sha256=sha256, licence=licence,
+                          presets=tuple(presets), save_as=save_as)
+
+
+def required_files(preset: str, *, performance: str | None = None,
+                   catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[str]:
+    """Catalogue names a preset needs for text-to-image, in catalogue order.
+
+    The always-needed files, the preset's own files, and the LoRA of `performance` (default: the preset's own,
+    e.g. Extreme Speed for `lcm`); an explicit performance replaces the preset's performance LoRA.
+    """
+    if preset not in PRESET_PERFORMANCE:
+        raise CatalogueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    effective = _normalise_performance(performance) if performance is not None else PRESET_PERFORMANCE[preset]
+    catalogue = load_catalogue() if catalogue is None else catalogue
+    performance_loras = set(PERFORMANCE_LORAS.values())
+    names = [name for name, entry in catalogue.items()
+             if name not in performance_loras and (ALWAYS in entry.presets or preset in entry.presets)]
+    lora = PERFORMANCE_LORAS.get(effective)
+    if lora is not None:
+        if lora not in catalogue:
+            raise CatalogueError(f"catalogue has no entry {lora!r} for performance {effective!r}")
+        names.append(lora)
+    return names
+
+
+def feature_files(feature: str) -> list[str]:
+    """Catalogue names an optional feature (inpaint_v2.6, upscale, image_prompt, faceswap, …) needs."""
+    try:
+        return list(FEATURE_FILES[feature])
+    except KeyError:
+        raise CatalogueError(f"unknown feature {feature!r}; known: {', '.join(FEATURE_FILES)}") from None
+
+
+def _normalise_performance(performance: str) -> str:
+    folded = performance.strip().replace("_", " ").replace("-", " ").casefold()
+    for known in PERFORMANCES:
+        if known.replace("-", " ").casefold() == folded:
+            return known
+    raise CatalogueError(f"unknown performance {performance!r}; known: {', '.join(PERFORMANCES)}")
+
+
+# --------------------------------------------------------------------------------------------------- downloads
+
+
+@dataclass
+class DownloadProgress:
+    """One progress report. `downloaded` only goes back (to 0) when a server ignores a resume request."""
+
+    name: str
+    downloaded: int
+    total: int | None
+    done: bool
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection error, timeout, 5xx, short body)."""
+
+
+class _Restart(Exception):
+    """The .part file cannot be resumed; start again from zero at once."""
+
+
+@dataclass
+class _PartState:
+    """Bytes in the .part file and the running SHA-256 over them."""
+
+    length: int
+    digest: Any
+
+
+ProgressCallback = Callable[[DownloadProgress], None]
+
+
+class Downloader:
+    """Fetches catalogue files into model folders: resumable, retried, verified, atomic."""
+
+    def __init__(self, *, mirror: str | None = None, offline: bool = False, retries: int = 4, timeout: float = 30,
+                 backoff: float = 1.0, progress: ProgressCallback | None = None, chunk_size: int = 1 << 20,
+                 environ: Mapping[str, str] | None = None, hash_cache: HashCache | None = None,
+                 sleep: Callable[[float], None] = time.sleep, user_agent: str | None = None,
+                 mirrors: Mapping[str, str] | None = None) -> None:
+        """`mirror` replaces `https://huggingface.co` in every URL; when None it is read from `HF_MIRROR` or
+        `HF_ENDPOINT` in `environ` (default: the process environment at construction). `mirrors` maps any other
+        origin (e.g. `https://raw.githubusercontent.com`) to a replacement base URL; `FOCI_MIRRORS` in `environ`
+        adds more as `ORIGIN=URL` pairs separated by spaces or commas. `retries` is the number of extra attempts
+        after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds.
+        """
+        if retries < 0 or timeout <= 0 or backoff < 0 or chunk_size <= 0:
+            raise ValueError("Downloader: retries and backoff must be >= 0, timeout and chunk_size > 0")
+        env = os.environ if environ is None else environ
+        if mirror is None:
+            mirror = env.get("HF_MIRROR") or env.get("HF_ENDPOINT") or None
+        origins = parse_mirrors(env.get("FOCI_MIRRORS", ""))
+        origins.update({_origin(key): _base_url(value) for key, value in (mirrors or {}).items()})
+        if mirror is not None:
+            origins[HF_ENDPOINT] = _base_url(mirror)
+        self.mirrors: dict[str, str] = origins
+        self.mirror = origins.get(HF_ENDPOINT)
+        self.offline = offline
+        self.retries = retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.progress = progress
+        self.chunk_size = chunk_size
+        self.hash_cache = hash_cache
+        self._sleep = sleep
+        if user_agent is None:
+            from foci import __version__
+
+            user_agent = f"foci/{__version__}"
+        self._user_agent = user_agent
+        self._opener = urllib.request.build_opener()
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def resolve_url(self, url: str) -> str:
+        """The URL actually requested: the URL's origin replaced by its mirror, if one is configured."""
+        for origin, base in self.mirrors.items():
+            if url == origin or url.startswith(origin + "/"):
+                return base + url[len(origin):]
+        return url
+
+    def fetch(self, entry: CatalogueEntry, folder: str | Path) -> Path:
+        """Make `entry` present in `folder` and return its path; see the module docstring for the guarantees.
+
+        An existing file of the right size (and SHA-256, when known) is returned without any network access;
+        one that does not match is renamed `*.corrupted` and downloaded again (offline: a DownloadError).
+        """
+        folder = Path(folder)
+        final = folder / entry.file_name
+        with self._lock_for(final):
+            if final.exists():
+                problem = self._existing_problem(entry, final)
+                if problem is None:
+                    self._emit(entry.name, final.stat().st_size, entry.size, True)
+                    return final
+                if self.offline:
+                    raise DownloadError(f"offline: {final} is not the expected {entry.name} ({problem}); "
+                                        f"replace it with the file from {self.resolve_url(entry.url)}")
+                from foci.files.hash_cache import mark_corrupted
+
+                moved = mark_corrupted(final)
+                logger.warning("%s: %s; moved to %s and downloading again", final, problem, moved.name)
+            if self.offline:
+                raise DownloadError(offline_message([(entry, folder)], self))
+            return self._download(entry, final)
+
+    def ensure(self, names: Sequence[str], folders: ModelFolders,
+               catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[Path]:
+        """Paths of the named catalogue files, downloading the missing ones into their kind's download folder.
+
+        A file already in any folder of its kind is used where it is. Offline, every missing file is listed in
+        one DownloadError.
+        """
+        catalogue = load_catalogue() if catalogue is None else catalogue
+        entries = [_lookup(catalogue, name) for name in names]
+        if self.offline:
+            missing = missing_files(names, folders, catalogue)
+            if missing:
+                raise DownloadError(offline_message([(e, folders.download_folder(e.folder)) for e in missing], self))
+        paths = []
+        for entry in entries:
+            found = folders.find(entry.folder, entry.file_name)
+            if found is not None and self._existing_problem(entry, found) is None:
+                self._emit(entry.name, found.stat().st_size, entry.size, True)
+                paths.append(found)
+            else:
+                paths.append(self.fetch(entry, folders.download_folder(entry.folder)))
+        return paths
+
+    # ------------------------------------------------------------------------------------------------ internals
+
+    def _lock_for(self, path: Path) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(path.absolute(), threading.Lock())
+
+    def _existing_problem(self, entry: CatalogueEntry, path: Path) -> str | None:
+        size = path.stat().st_size
+        if entry.size is not None and size != entry.size:
+            return f"size {size} bytes, expected {entry.size}"
+        if entry.sha256 is not None:
+            if self.hash_cache is not None:
+                digest = self.hash_cache.sha256(path)
+            else:
+                from foci.files.hashing import sha256_file
+
+                digest = sha256_file(path)
+            if digest != entry.sha256:
+                return f"sha256 {digest}, expected {entry.sha256}"
+        return None
+
+    def _emit(self, name: str, downloaded: int, total: int | None, done: bool) -> None:
+        if self.progress is not None:
+            self.progress(DownloadProgress(name=name, downloaded=downloaded, total=total, done=done))
+
+    def _download(self, entry: CatalogueEntry, final: Path) -> Path:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        part = final.with_name(final.name + ".part")
+        url = self.resolve_url(entry.url)
+        state = _PartState(length=-1, digest=None)
+        failures = 0
+        while True:
+            before = max(state.length, 0)
+            try:
+                self._attempt(entry, url, part, state)
+                break
+            except _Restart as exc:
+                logger.info("%s: %s; restarting from zero", entry.name, exc)
+                part.unlink(missing_ok=True)
+                state.length = -1
+                failures += 1
+                if failures > self.retries:
+                    raise DownloadError(f"could not download {entry.name} from {url}: {exc}") from exc
+                continue
+            except _Transient as exc:
+                if state.length > before:
+                    failures = 0  # progress was made: the failure budget starts again
+                failures += 1
+                if failures > self.retries:
+                    kept = f" (the partial file {part} is kept for resuming)" if part.exists() else ""
+                    raise DownloadError(f"could not download {entry.name} from {url} after {failures} attempts: "
+                                        f"{exc}{kept}") from exc
+                delay = self.backoff * 2 ** (failures - 1)
+                logger.warning("%s: %s; retry %d/%d in %.1f s", entry.name, exc, failures, self.retries, delay)
+                if delay > 0:
+                    self._sleep(delay)
+        return self._finish(entry, url, part, final, state)
+
+    def _attempt(self, entry: CatalogueEntry, url: str, part: Path, state: _PartState) -> None:
+        offset = part.stat().st_size if part.exists() else 0
+        if entry.size is not None and offset > entry.size:
+            raise _Restart(f"{part.name} is larger ({offset} bytes) than the expected {entry.size}")
+        if state.length != offset:
+            state.length, state.digest = offset, _hash_prefix(part, offset)
+        if entry.size is not None and offset == entry.size:
+            return  # a complete .part left by an interrupted run: only verification is left
+        request = urllib.request.Request(url, headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"})
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
+        try:
+            response = self._opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            if exc.code == 416 and offset:
+                total = _content_range(exc.headers.get("Content-Range"))[2]
+                if total == offset:
+                    return  # the .part already holds the whole file
+                raise _Restart(f"server refused to resume at byte {offset}") from exc
+            if exc.code in _RETRY_STATUS or exc.code >= 500:
+                raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
+            raise DownloadError(f"HTTP {exc.code} {exc.reason} for {entry.name} from {url}"
+                                f"{' (file not found: check the URL or mirror)' if exc.code == 404 else ''}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+            raise _Transient(f"cannot connect: {reason or type(reason).__name__}") from exc
+        with response:
+            status = response.status
+            if offset and status == 200:
+                logger.info("%s: server ignored the resume request; starting again from zero", entry.name)
+                offset, state.length, state.digest = 0, 0, hashlib.sha256()
+                self._emit(entry.name, 0, entry.size, False)
+            elif status == 206:
+                start, _end, total = _content_range(response.headers.get("Content-Range"))
+                if start != offset:
+                    raise _Restart(f"server resumed at byte {start}, not {offset}")
+            elif status != 200:
+                raise DownloadError(f"unexpected HTTP {status} for {entry.name} from {url}")
+            total = self._total(entry, response, offset)
+            self._stream(entry, response, part, offset, total, state)
+
+    def _total(self, entry: CatalogueEntry, response: http.client.HTTPResponse, offset: int) -> int | None:
+        total: int | None = None
+        if response.status == 206:
+            total = _content_range(response.headers.get("Content-Range"))[2]
+        else:
+            length = response.headers.get("Content-Length")
+            total = int(length) if length and length.isdigit() else None
+        if total is not None and entry.size is not None and total != entry.size:
+            raise DownloadError(f"server reports {total} bytes for {entry.name}, the catalogue expects {entry.size}: "
+                                f"wrong file or mirror ({response.url})")
+        return total if total is not None else entry.size
+
+    def _stream(self, entry: CatalogueEntry, response: http.client.HTTPResponse, part: Path, offset: int,
+                total: int | None, state: _PartState) -> None:
+        self._emit(entry.name, offset, total, False)
+        try:
+            handle = open(part, "ab" if offset else "wb")  # noqa: SIM115 - closed in finally, writes checked
+        except OSError as exc:
+            raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+        try:
+            while True:
+                try:
+                    chunk = response.read(self.chunk_size)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise _Transient(f"connection lost after {state.length} bytes: {exc or type(exc).__name__}") \
+                        from exc
+                if not chunk:
+                    break
+                try:
+                    handle.write(chunk)
+                except OSError as exc:
+                    raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
+                state.digest.update(chunk)
+                state.length += len(chunk)
+                if total is not None and state.length > total:
+                    raise _Restart(f"server sent more than the {total} bytes announced")
+                self._emit(entry.name, state.length, total, False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        finally:
+            handle.close()
+        if total is not None and state.length < total:
+            raise _Transient(f"connection closed after {state.length} of {total} bytes")
+
+    def _finish(self, entry: CatalogueEntry, url: str, part: Path, final: Path, state: _PartState) -> Path:
+        if entry.size is not None and state.length != entry.size:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"size mismatch for {entry.name} from {url}: expected {entry.size} bytes, got "
+                                f"{state.length}; the download was deleted")
+        digest = state.digest.hexdigest()
+        logger.info("%s: sha256 %s (%d bytes)", entry.name, digest, state.length)
+        if entry.sha256 is not None and digest != entry.sha256:
+            part.unlink(missing_ok=True)
+            raise DownloadError(f"checksum mismatch for {entry.name} from {url}: expected sha256 {entry.sha256}, "
+                                f"got {digest}; the download was deleted")
+        os.replace(part, final)
+        if self.hash_cache is not None:
+            self.hash_cache.record(final, digest)
+        self._emit(entry.name, state.length, state.length, True)
+        return final
+
+
+def missing_files(names: Sequence[str], folders: ModelFolders,
+                  catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[CatalogueEntry]:
+    """Catalogue entries among `names` whose file is in none of its kind's folders (no network, no hashing)."""
+    catalogue = load_catalogue() if catalogue is None else catalogue
+    entries = [_lookup(catalogue, name) for name in names]
+    return [entry for entry in entries if folders.find(entry.folder, entry.file_name) is None]
+
+
+def offline_message(missing: Sequence[tuple[CatalogueEntry, Path]], downloader: Downloader | None = None) -> str:
+    """A DownloadError text listing each missing file, its URL and the folder to put it in."""
+    lines = [f"offline: {len(missing)} model file(s) missing; download them and put them in place:"]
+    for entry, folder in missing:
+        url = downloader.resolve_url(entry.url) if downloader is not None else entry.url
+        size = f", {entry.size} bytes" if entry.size is not None else ""
+        lines.append(f"  {entry.file_name}{size}: {url} -> {folder / entry.file_name}")
+    return "\n".join(lines)
+
+
+def tqdm_progress(**tqdm_kwargs: Any) -> ProgressCallback:
+    """A progress callback drawing one tqdm bar (bytes) per file; a bar closes when its file is done."""
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def callback(event: DownloadProgress) -> None:
+        bar = bars.get(event.name)
+        if bar is None:
+            options = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "desc": event.name, **tqdm_kwargs}
+            bar = bars[event.name] = tqdm(total=event.total, initial=event.downloaded, **options)
+        if event.total is not None and bar.total != event.total:
+            bar.total = event.total
+        bar.n = event.downloaded
+        bar.refresh()
+        if event.done:
+            bar.close()
+            del bars[event.name]
+
+    return callback
+
+
+def parse_mirrors(text: str) -> dict[str, str]:
+    """`ORIGIN=URL` pairs (separated by spaces or commas) as {origin: base URL}; a bad pair is a DownloadError."""
+    mirrors = {}
+    for pair in re.split(r"[\s,]+", text.strip()):
+        if not pair:
+            continue
+        origin, sep, base = pair.partition("=")
+        if not sep:
+            raise DownloadError(f"mirror {pair!r} must be ORIGIN=URL, e.g. https://huggingface.co=https://my-mirror")
+        mirrors[_origin(origin)] = _base_url(base)
+    return mirrors
+
+
+def _base_url(url: str) -> str:
+    if not url.startswith(("https://", "http://")):
+        raise DownloadError(f"mirror must be an http(s) base URL, got {url!r}")
+    return url.rstrip("/")
+
+
+def _origin(url: str) -> str:
+    """`scheme://host[:port]` of a URL given as an origin (a bare host means https)."""
+    url = url.strip().rstrip("/")
+    if "://" not in url:
+        url = "https://" + url
+    if not url.startswith(("https://", "http://")) or "/" in url.split("://", 1)[1]:
+        raise DownloadError(f"mirror origin must be scheme://host, got {url!r}")
+    return url
+
+
+def _lookup(catalogue: Mapping[str, CatalogueEntry], name: str) -> CatalogueEntry:
+    try:
+        return catalogue[name]
+    except KeyError:
+        raise CatalogueError(f"unknown model file {name!r}: not in the catalogue") from None
+
+
+def _content_range(header: str | None) -> tuple[int | None, int | None, int | None]:
+    match = _CONTENT_RANGE_RE.match(header or "")
+    if not match:
+        return None, None, None
+    start, end, total = match.groups()
+    return (int(start) if start else None, int(end) if end else None,
+            int(total) if total and total != "*" else None)
+
+
+def _hash_prefix(path: Path, length: int) -> Any:
+    digest = hashlib.sha256()
+    if length:
+        with open(path, "rb") as handle:
+            remaining = length
+            while remaining and (block := handle.read(min(1 << 20, remaining))):
+                digest.update(block)
+                remaining -= len(block)
+    return digest

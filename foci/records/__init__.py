@@ -1,0 +1,1 @@
+"""What a generation leaves behind: image files and their metadata in both schemes."""

@@ -1,0 +1,1 @@
+"""Settings: config precedence, presets, performance modes, aspect ratios."""

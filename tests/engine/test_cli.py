@@ -1,0 +1,126 @@
+"""The ``foci`` command: a real run, metadata printing, and one clear line for every kind of bad input."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from foci.apps.cli import main
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_prints_paths_and_metadata_reads_back(tiny_checkpoint: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(["generate", "a cat", "--seed", "5", "--image-number", "2", "--aspect", "64*64",
+                              "--steps", "3", "--model", str(tiny_checkpoint), "--output-dir", str(out_dir),
+                              "--precision", "fp32", "--device", "cpu", "--styles", "", "--lora", "none"], capsys)
+    assert code == 0, err
+    paths = [Path(line) for line in out.splitlines()]
+    assert len(paths) == 2 and all(p.is_file() and p.is_relative_to(out_dir) for p in paths)
+    assert "image 1/2" in err  # progress bar
+    code, out, err = run_cli(["metadata", str(paths[1])], capsys)
+    assert code == 0
+    assert '"seed": "6"' in out and '"prompt": "a cat"' in out
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("foci")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "foci.apps.cli"]
+    done = subprocess.run([*command, "generate", "a cat", "--sampler", "warp_drive"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]  # one line, no traceback
+    assert "unknown sampler 'warp_drive'" in done.stderr
+
+
+class Payload:
+    """A pickle that would create a file when unpickled with plain torch.load."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def bad_files(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    good_header = folder / "truncated.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(64, 4, 3, 3)}, str(good_header))
+    good_header.write_bytes(good_header.read_bytes()[:-100])
+    random_bytes = folder / "random.safetensors"
+    random_bytes.write_bytes(os.urandom(4096))
+    sd15 = folder / "sd15.safetensors"
+    save_file({"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(8, 4),
+               "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}, str(sd15))
+    payload = folder / "evil.ckpt"
+    with payload.open("wb") as handle:
+        pickle.dump({"state_dict": Payload(folder / "PWNED")}, handle)
+    return {"truncated": good_header, "random": random_bytes, "sd15": sd15, "pickle": payload}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "sd15", "pickle"])
+def test_bad_checkpoints_give_one_clear_line(kind: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    files = bad_files(tmp_path / "models")
+    out_dir = tmp_path / "out"
+    code, out, err = run_cli(["generate", "a cat", "--aspect", "64*64", "--steps", "2", "--model",
+                              str(files[kind]), "--output-dir", str(out_dir), "--quiet", "--styles", "",
+                              "--lora", "none"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("foci: error:"), err
+    assert files[kind].name in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "models" / "PWNED").exists()  # nothing executed
+    assert not out_dir.exists()  # nothing written
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sampler", "nope"], "unknown sampler"),
+    (["--scheduler", "nope"], "unknown scheduler"),
+    (["--aspect", "1000*1001"], "multiple of 8"),
+    (["--aspect", "big"], "1152*896"),
+    (["--steps", "0"], "steps"),
+    (["--seed", "-1"], "seed"),
+])
+def test_bad_settings_give_one_clear_line(args: list[str], message: str, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run_cli(["generate", "a cat", "--output-dir", str(tmp_path / "out"), *args], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_metadata_of_a_file_without_metadata(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    code, out, err = run_cli(["metadata", str(plain)], capsys)
+    assert code in (0, 1)
+    assert "no" in (out + err).lower()
+    code, out, err = run_cli(["metadata", str(tmp_path / "missing.png")], capsys)
+    assert code == 2 and "no such file" in err
+
+
+def test_make_checkpoint_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from foci.models.checkpoint import read_tensor_shapes
+
+    code, out, _ = run_cli(["dev", "make-checkpoint", "--tiny", str(tmp_path / "t.safetensors")], capsys)
+    assert code == 0 and Path(out.strip()).is_file()
+    shapes = read_tensor_shapes(tmp_path / "t.safetensors")
+    assert any(k.startswith("conditioner.embedders.1.model.") for k in shapes)

@@ -1,0 +1,130 @@
+"""The launcher: `foci` serves UI + API from one process, refuses non-loopback without credentials."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from foci.apps.cli import main
+from tests.http_fixtures import FileServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def fetch(url: str, data: dict | None = None, timeout: float = 30) -> tuple[int, bytes]:
+    body = json.dumps(data).encode() if data is not None else None
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"} if body else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def test_listening_beyond_loopback_without_credentials_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = main(["--listen", "--no-browser", "--no-download", "--port", str(free_port())])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "refusing to listen on 0.0.0.0 without credentials" in err
+    assert not (tmp_path / "jobs.sqlite3").exists()  # refused before anything was opened
+
+
+DEFAULT_MODEL = "juggernautXL_v8Rundiffusion.safetensors"
+OFFSET_LORA = "sd_xl_offset_example-lora_1.0.safetensors"
+
+
+def test_foci_with_empty_models_downloads_the_default_preset_then_generates(tiny_checkpoint: Path,
+                                                                              tmp_path: Path) -> None:
+    """Issue 4's done-when: `foci` fetches exactly what the default preset needs (here from a loopback mirror),
+    then serves UI + API, and a job with the preset's defaults (styles with expansion, offset LoRA) completes."""
+    from safetensors.torch import save_file
+
+    from tests.engine.test_presets_e2e import tiny_expansion_files, tiny_lora_tensors
+
+    lora_file = tmp_path / "lora.safetensors"
+    save_file(tiny_lora_tensors(tiny_checkpoint), str(lora_file))
+    expansion = tiny_expansion_files()
+    served = {
+        f"/lllyasviel/fav_models/resolve/main/fav/{DEFAULT_MODEL}": tiny_checkpoint.read_bytes(),
+        f"/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/{OFFSET_LORA}": lora_file.read_bytes(),
+        "/lllyasviel/misc/resolve/main/fooocus_expansion.bin": expansion["pytorch_model.bin"],
+        "/lllyasviel/misc/resolve/main/positive.txt": expansion["positive.txt"],
+    }
+    folders = {DEFAULT_MODEL: "checkpoints", OFFSET_LORA: "loras", "fooocus_expansion.bin": "prompt_expansion",
+               "positive.txt": "prompt_expansion"}
+    entries = []
+    for path, data in served.items():
+        name = path.rsplit("/", 1)[1]
+        entries.append({"name": name, "url": "https://huggingface.co" + path, "folder": folders[name],
+                        "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "licence": "test",
+                        "presets": ["always"] if folders[name] == "prompt_expansion" else ["default"],
+                        "save_as": "pytorch_model.bin" if name.endswith(".bin") else None})
+    (tmp_path / "catalogue.json").write_text(json.dumps({"format": 1, "about": "test", "entries": entries}))
+    config_dir = tmp_path / "models" / "prompt_expansion" / "fooocus_expansion"
+    config_dir.mkdir(parents=True)
+    (config_dir / "config.json").write_bytes(expansion["config.json"])  # tiny GPT-2 instead of stock GPT-2 small
+
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key != "FOCI_OFFLINE"}
+    env |= {"PYTHONUNBUFFERED": "1", "FOCI_CATALOGUE": str(tmp_path / "catalogue.json")}
+    base = f"http://127.0.0.1:{port}"
+    with FileServer(served) as mirror:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "foci.apps.cli", "--no-browser", "--port", str(port), "--hf-mirror", mirror.base_url,
+             "--precision", "fp32", "--device", "cpu"],
+            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            banner = ""
+            while time.monotonic() < deadline and "running at" not in banner:
+                line = process.stdout.readline()
+                assert line or process.poll() is None, banner
+                banner += line
+            assert f"running at {base}/" in banner
+            assert sorted(r.path for r in mirror.requests) == sorted(served)  # exactly the preset's files
+            assert DEFAULT_MODEL in banner  # download progress was shown
+            assert (tmp_path / "models" / "checkpoints" / DEFAULT_MODEL).read_bytes() == served[
+                f"/lllyasviel/fav_models/resolve/main/fav/{DEFAULT_MODEL}"]
+            for _ in range(100):  # uvicorn binds just after the banner
+                try:
+                    status, page = fetch(base + "/")
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            assert status == 200 and b"gradio" in page.lower()
+            assert fetch(base + "/v1/health")[0] == 200
+            task = {"prompt": "a cat", "aspect_ratio": "64*64", "steps": 2, "image_number": 1, "seed": 11}
+            status, body = fetch(base + "/v1/jobs", {"task": task})
+            assert status == 201
+            job = json.loads(body)
+            for _ in range(300):
+                job = json.loads(fetch(f"{base}/v1/jobs/{job['id']}")[1])
+                if job["state"] in ("done", "failed", "cancelled"):
+                    break
+                time.sleep(0.2)
+            assert job["state"] == "done", job
+            assert job["task"]["styles"] == ["Fooocus V2", "Fooocus Enhance", "Fooocus Sharp"]
+            (image,) = job["images"]
+            status, png = fetch(f"{base}/v1/images/{image['path']}")
+            assert status == 200 and png.startswith(b"\x89PNG")
+            status, meta = fetch(base + "/v1/jobs?state=done")
+            assert status == 200 and len(json.loads(meta)) == 1
+            assert (tmp_path / "jobs.sqlite3").is_file()  # the queue persists next to the app
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,492 @@
+"""Catalogue and downloader tests against a loopback HTTP server with injected faults."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from foci.files.downloads import (
+    ALWAYS,
+    FEATURE_FILES,
+    PERFORMANCE_LORAS,
+    PRESETS,
+    CatalogueEntry,
+    CatalogueError,
+    Downloader,
+    DownloadError,
+    DownloadProgress,
+    feature_files,
+    load_catalogue,
+    missing_files,
+    required_files,
+    tqdm_progress,
+)
+from foci.files.folders import MODEL_KINDS, ModelFolders
+from tests.http_fixtures import Fault, FileServer
+
+SIZE = 64 * 1024
+CHUNK = 4096
+
+
+def payload(size: int = SIZE, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def entry_for(url: str, data: bytes, *, name: str = "model.bin", folder: str = "checkpoints", known_size: bool = True,
+              known_sha: bool = True, save_as: str | None = None) -> CatalogueEntry:
+    return CatalogueEntry(name=name, url=url, folder=folder, size=len(data) if known_size else None,
+                          sha256=sha(data) if known_sha else None, licence="test", presets=(), save_as=save_as)
+
+
+class Recorder:
+    """Collects progress events and backoff sleeps."""
+
+    def __init__(self) -> None:
+        self.events: list[DownloadProgress] = []
+        self.sleeps: list[float] = []
+
+    def progress(self, event: DownloadProgress) -> None:
+        self.events.append(event)
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+
+
+def downloader(recorder: Recorder, **options: object) -> Downloader:
+    settings: dict[str, object] = {"retries": 3, "timeout": 5.0, "backoff": 0.5, "chunk_size": CHUNK, "environ": {}}
+    settings.update(options)
+    return Downloader(progress=recorder.progress, sleep=recorder.sleep, **settings)  # type: ignore[arg-type]
+
+
+@pytest.fixture()
+def server():
+    with FileServer() as running:
+        yield running
+
+
+@pytest.fixture()
+def recorder() -> Recorder:
+    return Recorder()
+
+
+# ----------------------------------------------------------------------------------------------------- downloads
+
+
+def test_fresh_download_verifies_logs_sha_and_reports_monotonic_progress(server, recorder, tmp_path, caplog):
+    data = payload()
+    server.add_file("/m.bin", data)
+    entry = entry_for(server.url("/m.bin"), data)
+    with caplog.at_level(logging.INFO, logger="foci.files.downloads"):
+        path = downloader(recorder).fetch(entry, tmp_path / "checkpoints")
+    assert path == tmp_path / "checkpoints" / "model.bin"
+    assert path.read_bytes() == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin"]
+    assert f"sha256 {sha(data)}" in caplog.text
+    counts = [e.downloaded for e in recorder.events]
+    assert counts == sorted(counts) and counts[0] == 0
+    assert [e.done for e in recorder.events].count(True) == 1 and recorder.events[-1].done
+    assert recorder.events[-1].downloaded == SIZE and all(e.total == SIZE for e in recorder.events)
+    assert len(recorder.events) == 2 + SIZE // CHUNK  # start, one per chunk, done
+    assert recorder.sleeps == []
+
+
+def test_dropped_connection_resumes_with_range_and_verifies(server, recorder, tmp_path):
+    data = payload(seed=1)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(drop_after=10_000))
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data
+    first, second = server.requests_for("/m.bin")
+    assert first.header("Range") is None
+    assert second.header("Range") == "bytes=10000-"
+    assert recorder.sleeps == [0.5]
+    counts = [e.downloaded for e in recorder.events]
+    assert counts == sorted(counts) and recorder.events[-1].done
+    assert not (tmp_path / "model.bin.part").exists()
+
+
+def test_resume_from_part_left_by_an_earlier_run(server, recorder, tmp_path):
+    data = payload(seed=2)
+    server.add_file("/m.bin", data)
+    (tmp_path / "model.bin.part").write_bytes(data[:30_000])
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data
+    (request,) = server.requests_for("/m.bin")
+    assert request.header("Range") == "bytes=30000-"
+    assert recorder.events[0].downloaded == 30_000
+
+
+def test_complete_part_file_is_verified_without_a_request(server, recorder, tmp_path):
+    data = payload(seed=3)
+    (tmp_path / "model.bin.part").write_bytes(data)
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data and server.requests == []
+
+
+def test_wrong_bytes_fail_the_checksum_and_leave_no_file(server, recorder, tmp_path):
+    data = payload(seed=4)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(corrupt=True))
+    with pytest.raises(DownloadError) as caught:
+        downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    corrupted = bytes(b ^ 0xFF for b in data)
+    message = str(caught.value)
+    assert f"expected sha256 {sha(data)}" in message and f"got {sha(corrupted)}" in message
+    assert "model.bin" in message
+    assert list(tmp_path.iterdir()) == []
+    assert len(server.requests) == 1
+
+
+@pytest.mark.parametrize("status", [404, 403])
+def test_client_errors_fail_at_once(server, recorder, tmp_path, status):
+    data = payload(seed=5)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(status=status))
+    url = server.url("/m.bin")
+    with pytest.raises(DownloadError, match=f"HTTP {status}") as caught:
+        downloader(recorder).fetch(entry_for(url, data), tmp_path)
+    assert url in str(caught.value)
+    assert len(server.requests) == 1 and recorder.sleeps == []
+    assert not (tmp_path / "model.bin").exists()
+
+
+def test_missing_file_on_server_is_a_clear_404(server, recorder, tmp_path):
+    url = server.url("/nowhere.bin")
+    with pytest.raises(DownloadError, match="HTTP 404.*file not found"):
+        downloader(recorder).fetch(entry_for(url, b"x"), tmp_path)
+    assert len(server.requests) == 1
+
+
+def test_server_errors_are_retried_with_exponential_backoff(server, recorder, tmp_path):
+    data = payload(seed=6)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(status=500), Fault(status=503), Fault(status=429))
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data
+    assert len(server.requests) == 4
+    assert recorder.sleeps == [0.5, 1.0, 2.0]
+
+
+def test_retries_are_bounded(server, recorder, tmp_path):
+    data = payload(seed=7)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", *[Fault(status=500)] * 5)
+    with pytest.raises(DownloadError, match="after 3 attempts"):
+        downloader(recorder, retries=2).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert len(server.requests) == 3 and recorder.sleeps == [0.5, 1.0]
+    assert not (tmp_path / "model.bin").exists()
+
+
+def test_slow_server_times_out_after_retries_in_bounded_time(server, recorder, tmp_path):
+    data = payload(seed=8)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", *[Fault(delay=10.0)] * 3)
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="after 3 attempts") as caught:
+        downloader(recorder, timeout=0.25, retries=2, backoff=0.0).fetch(entry_for(server.url("/m.bin"), data),
+                                                                          tmp_path)
+    elapsed = time.monotonic() - started
+    assert "timed out" in str(caught.value)
+    assert 0.7 < elapsed < 3.0
+    assert len(server.requests) == 3
+    assert not (tmp_path / "model.bin").exists()
+
+
+def test_stall_mid_body_times_out_and_resumes(server, recorder, tmp_path):
+    data = payload(seed=19)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(drop_after=12_288, hang=10.0))
+    started = time.monotonic()
+    path = downloader(recorder, timeout=0.25).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert time.monotonic() - started < 3.0
+    assert path.read_bytes() == data
+    assert [r.header("Range") for r in server.requests_for("/m.bin")] == [None, "bytes=12288-"]
+
+
+def test_server_ignoring_range_restarts_from_zero(recorder, tmp_path):
+    data = payload(seed=9)
+    with FileServer({"/m.bin": data}, ignore_range=True) as server:
+        server.fail_next("/m.bin", Fault(drop_after=20_000))
+        path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+        requests = server.requests_for("/m.bin")
+    assert path.read_bytes() == data
+    assert [r.header("Range") for r in requests] == [None, "bytes=20000-"]
+    counts = [e.downloaded for e in recorder.events]
+    restart = counts.index(0, 1)  # the restart is reported as a fresh 0
+    assert counts[restart - 1] == 20_000
+    assert counts[restart:] == sorted(counts[restart:]) and recorder.events[-1].done
+
+
+def test_redirects_are_followed_and_keep_the_range_header(server, recorder, tmp_path):
+    data = payload(seed=10)
+    server.add_file("/cdn/m.bin", data)
+    server.fail_next("/repo/resolve/main/m.bin", Fault(redirect="/cdn/m.bin"), Fault(redirect="/cdn/m.bin"))
+    server.fail_next("/cdn/m.bin", Fault(drop_after=5_000))
+    path = downloader(recorder).fetch(entry_for(server.url("/repo/resolve/main/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data
+    assert [r.header("Range") for r in server.requests_for("/cdn/m.bin")] == [None, "bytes=5000-"]
+
+
+def test_unknown_size_and_hash_still_download(server, recorder, tmp_path):
+    data = payload(seed=11)
+    server.add_file("/m.bin", data)
+    entry = entry_for(server.url("/m.bin"), data, known_size=False, known_sha=False)
+    assert downloader(recorder).fetch(entry, tmp_path).read_bytes() == data
+
+
+def test_server_size_disagreeing_with_catalogue_fails_before_streaming(server, recorder, tmp_path):
+    data = payload(seed=12)
+    server.add_file("/m.bin", data)
+    entry = entry_for(server.url("/m.bin"), data + b"extra")
+    with pytest.raises(DownloadError, match=f"server reports {SIZE} bytes .* expects {SIZE + 5}"):
+        downloader(recorder).fetch(entry, tmp_path)
+    assert list(tmp_path.iterdir()) == [] and len(server.requests) == 1
+
+
+def test_existing_complete_file_makes_no_request(server, recorder, tmp_path):
+    data = payload(seed=13)
+    (tmp_path / "model.bin").write_bytes(data)
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path == tmp_path / "model.bin"
+    assert server.requests == []
+    assert recorder.events == [DownloadProgress("model.bin", SIZE, SIZE, True)]
+
+
+def test_existing_wrong_file_is_marked_corrupted_and_downloaded_again(server, recorder, tmp_path):
+    data = payload(seed=14)
+    server.add_file("/m.bin", data)
+    (tmp_path / "model.bin").write_bytes(b"truncated")
+    path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert path.read_bytes() == data
+    assert (tmp_path / "model.bin.corrupted").read_bytes() == b"truncated"
+
+
+def test_save_as_names_the_file_on_disk(server, recorder, tmp_path):
+    data = payload(seed=15)
+    server.add_file("/fooocus_expansion.bin", data)
+    entry = entry_for(server.url("/fooocus_expansion.bin"), data, name="fooocus_expansion.bin",
+                      folder="prompt_expansion", save_as="pytorch_model.bin")
+    folders = ModelFolders.default(tmp_path)
+    (path,) = downloader(recorder).ensure([entry.name], folders, {entry.name: entry})
+    assert path == tmp_path / "prompt_expansion" / "fooocus_expansion" / "pytorch_model.bin"
+    assert path.read_bytes() == data
+
+
+def test_mirror_rewrites_the_hugging_face_host(server, recorder, tmp_path):
+    data = payload(seed=16)
+    server.add_file("/hf/owner/repo/resolve/main/m.bin", data)
+    entry = entry_for("https://huggingface.co/owner/repo/resolve/main/m.bin", data)
+    path = downloader(recorder, mirror=server.url("/hf/")).fetch(entry, tmp_path)
+    assert path.read_bytes() == data
+    assert [r.path for r in server.requests] == ["/hf/owner/repo/resolve/main/m.bin"]
+    assert server.requests[0].header("Host") == server.base_url.removeprefix("http://")
+
+
+def test_mirror_from_environment_and_precedence():
+    url = "https://huggingface.co/a/b/resolve/main/c.bin"
+    github = "https://github.com/o/r/releases/download/v1/f.pth"
+    assert Downloader(environ={}).resolve_url(url) == url
+    assert Downloader(environ={"HF_MIRROR": "https://hf-mirror.com/"}).resolve_url(url) == \
+        "https://hf-mirror.com/a/b/resolve/main/c.bin"
+    assert Downloader(environ={"HF_ENDPOINT": "https://e.example"}).resolve_url(url) == \
+        "https://e.example/a/b/resolve/main/c.bin"
+    both = {"HF_MIRROR": "https://m.example", "HF_ENDPOINT": "https://e.example"}
+    assert Downloader(environ=both).resolve_url(url).startswith("https://m.example/")
+    assert Downloader(mirror="https://x.example", environ=both).resolve_url(url).startswith("https://x.example/")
+    assert Downloader(environ=both).resolve_url(github) == github
+    assert Downloader(environ=both).resolve_url("https://huggingface.com/x") == "https://huggingface.com/x"
+    with pytest.raises(DownloadError, match="mirror"):
+        Downloader(mirror="hf-mirror.com", environ={})
+
+
+@pytest.fixture()
+def no_sockets(monkeypatch) -> list[str]:
+    """Record (and refuse) every attempt to create a socket, connect or resolve a name."""
+    attempts: list[str] = []
+
+    def refuse(what: str):
+        def guard(*args: object, **kwargs: object):
+            attempts.append(what)
+            raise OSError(f"test: {what} is forbidden")
+
+        return guard
+
+    monkeypatch.setattr(socket, "socket", refuse("socket.socket"))
+    monkeypatch.setattr(socket, "create_connection", refuse("socket.create_connection"))
+    monkeypatch.setattr(socket, "getaddrinfo", refuse("socket.getaddrinfo"))
+    return attempts
+
+
+def test_offline_never_opens_a_socket_and_names_url_and_folder(no_sockets, tmp_path):
+    catalogue = load_catalogue()
+    folders = ModelFolders.from_settings({"path_checkpoints": [str(tmp_path / "a"), str(tmp_path / "b")]}, tmp_path)
+    names = ["juggernautXL_v8Rundiffusion.safetensors", "fooocus_expansion.bin"]
+    offline = Downloader(offline=True, environ={"HF_MIRROR": "https://hf-mirror.com"})
+    with pytest.raises(DownloadError) as caught:
+        offline.ensure(names, folders, catalogue)
+    message = str(caught.value)
+    assert message.startswith("offline: 2 model file(s) missing")
+    assert ("https://hf-mirror.com/lllyasviel/fav_models/resolve/main/fav/juggernautXL_v8Rundiffusion.safetensors"
+            f" -> {tmp_path / 'a' / 'juggernautXL_v8Rundiffusion.safetensors'}") in message
+    assert f"{tmp_path / 'prompt_expansion' / 'fooocus_expansion' / 'pytorch_model.bin'}" in message
+    assert "https://hf-mirror.com/lllyasviel/misc/resolve/main/fooocus_expansion.bin" in message
+    with pytest.raises(DownloadError, match="offline"):
+        offline.fetch(catalogue["xlvaeapp.pth"], tmp_path / "vae_approx")
+    assert no_sockets == []
+
+
+def test_offline_uses_files_already_present_in_any_folder(no_sockets, tmp_path):
+    data = payload(2000, seed=17)
+    entry = entry_for("https://huggingface.co/o/r/resolve/main/model.bin", data)
+    folders = ModelFolders.from_settings({"path_checkpoints": [str(tmp_path / "a"), str(tmp_path / "b")]}, tmp_path)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.bin").write_bytes(data)
+    assert Downloader(offline=True, environ={}).ensure(["model.bin"], folders, {"model.bin": entry}) == \
+        [tmp_path / "b" / "model.bin"]
+    (tmp_path / "b" / "model.bin").write_bytes(b"bad")
+    with pytest.raises(DownloadError, match="offline"):
+        Downloader(offline=True, environ={}).ensure(["model.bin"], folders, {"model.bin": entry})
+    assert no_sockets == []
+
+
+def test_ensure_downloads_into_the_first_folder(server, recorder, tmp_path):
+    data = payload(seed=18)
+    server.add_file("/m.bin", data)
+    entry = entry_for(server.url("/m.bin"), data)
+    folders = ModelFolders.from_settings({"path_checkpoints": ["first", "second"]}, tmp_path)
+    assert missing_files(["model.bin"], folders, {"model.bin": entry}) == [entry]
+    (path,) = downloader(recorder).ensure(["model.bin"], folders, {"model.bin": entry})
+    assert path == tmp_path / "first" / "model.bin"
+    assert missing_files(["model.bin"], folders, {"model.bin": entry}) == []
+    with pytest.raises(CatalogueError, match="'nope.bin'"):
+        missing_files(["nope.bin"], folders, {"model.bin": entry})
+
+
+def test_tqdm_progress_drives_one_bar_per_file():
+    out = io.StringIO()
+    callback = tqdm_progress(file=out, mininterval=0)
+    callback(DownloadProgress("a.bin", 0, 2048, False))
+    callback(DownloadProgress("b.bin", 0, None, False))
+    callback(DownloadProgress("a.bin", 2048, 2048, True))
+    callback(DownloadProgress("b.bin", 10, 10, True))
+    text = out.getvalue()
+    assert "a.bin" in text and "b.bin" in text and "2.00k/2.00k" in text
+
+
+# ----------------------------------------------------------------------------------------------------- catalogue
+
+
+def test_catalogue_entries_are_well_formed():
+    catalogue = load_catalogue()
+    assert len(catalogue) == 46
+    for name, entry in catalogue.items():
+        assert entry.name == name
+        assert entry.url.startswith("https://"), name
+        assert entry.folder in MODEL_KINDS, name
+        assert entry.size is None or entry.size > 0, name
+        assert entry.sha256 is None or (len(entry.sha256) == 64 and int(entry.sha256, 16) >= 0), name
+        assert entry.licence, name
+        assert set(entry.presets) <= {ALWAYS, *PRESETS}, name
+        if entry.url.startswith("https://huggingface.co/"):
+            assert "/resolve/main/" in entry.url, name
+    file_names = [(e.folder, e.file_name) for e in catalogue.values()]
+    assert len(file_names) == len(set(file_names))
+
+
+def test_catalogue_facts_from_the_reference():
+    catalogue = load_catalogue()
+    expansion = catalogue["fooocus_expansion.bin"]
+    assert (expansion.url, expansion.folder, expansion.file_name, expansion.size) == (
+        "https://huggingface.co/lllyasviel/misc/resolve/main/fooocus_expansion.bin", "prompt_expansion",
+        "pytorch_model.bin", 351_283_802)
+    assert "CC-BY-NC 4.0" in expansion.licence
+    assert catalogue["fooocus_expansion_positive.txt"].file_name == "positive.txt"
+    assert catalogue["vaeapp_sd15.pth"].url.endswith("/vaeapp_sd15.pt")
+    assert catalogue["juggernautXL_v8Rundiffusion.safetensors"].url == (
+        "https://huggingface.co/lllyasviel/fav_models/resolve/main/fav/juggernautXL_v8Rundiffusion.safetensors")
+    assert catalogue["juggernautXL_v8Rundiffusion.safetensors"].size is None
+    assert catalogue["sd_xl_offset_example-lora_1.0.safetensors"].size == 49_553_604
+    assert catalogue["sd_xl_offset_example-lora_1.0.safetensors"].licence == "CreativeML Open RAIL++-M"
+    assert catalogue["inpaint_v26.fooocus.patch"].size == 1_323_362_033
+    assert catalogue["ponyDiffusionV6XL_vae.safetensors"].folder == "vae"
+    assert all(e.sha256 is None for e in catalogue.values())  # no reference hashes known yet: none invented
+
+
+def test_required_files_per_preset_and_performance():
+    base = ["xlvaeapp.pth", "vaeapp_sd15.pth", "xl-to-v1_interposer-v4.0.safetensors", "fooocus_expansion.bin",
+            "fooocus_expansion_positive.txt"]
+    assert required_files("default") == [*base, "juggernautXL_v8Rundiffusion.safetensors",
+                                         "sd_xl_offset_example-lora_1.0.safetensors"]
+    assert required_files("lcm") == [*base, "juggernautXL_v8Rundiffusion.safetensors", "sdxl_lcm_lora.safetensors"]
+    assert required_files("lcm", performance="Speed") == [*base, "juggernautXL_v8Rundiffusion.safetensors"]
+    assert required_files("default", performance="hyper_sd")[-1] == "sdxl_hyper_sd_4step_lora.safetensors"
+    assert required_files("pony_v6") == [*base, "ponyDiffusionV6XL.safetensors", "ponyDiffusionV6XL_vae.safetensors"]
+    assert required_files("sai") == [*base, "sd_xl_offset_example-lora_1.0.safetensors",
+                                     "sd_xl_base_1.0_0.9vae.safetensors", "sd_xl_refiner_1.0_0.9vae.safetensors"]
+    catalogue = load_catalogue()
+    for preset in PRESETS:
+        for performance in (None, "Quality", "Speed", "Extreme Speed", "Lightning", "Hyper-SD"):
+            names = required_files(preset, performance=performance)
+            assert set(names) <= set(catalogue) and len(names) == len(set(names))
+            assert any(catalogue[n].folder == "checkpoints" for n in names)
+    for feature, names in FEATURE_FILES.items():
+        assert set(feature_files(feature)) == set(names) <= set(catalogue)
+    assert set(PERFORMANCE_LORAS.values()) <= set(catalogue)
+    with pytest.raises(CatalogueError, match="unknown preset 'nope'"):
+        required_files("nope")
+    with pytest.raises(CatalogueError, match="unknown performance 'Turbo'"):
+        required_files("default", performance="Turbo")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"url": "ftp://x/y"}, "'url' must be an http"),
+    ({"folder": "models"}, "'folder' must be one of"),
+    ({"size": 0}, "'size' must be a positive"),
+    ({"sha256": "ABC"}, "'sha256' must be 64"),
+    ({"name": "a/b.bin"}, "'name' must be a plain file name"),
+    ({"colour": "red"}, "unknown key 'colour'"),
+])
+def test_malformed_catalogue_is_rejected_with_the_file_name(tmp_path, change, message):
+    entry = {"name": "a.bin", "url": "https://x/a.bin", "folder": "loras", "size": 1, "sha256": None,
+             "licence": "x", "presets": [], "save_as": None}
+    path = tmp_path / "cat.json"
+    path.write_text(json.dumps({"entries": [entry]}))
+    assert load_catalogue(path)["a.bin"].folder == "loras"
+    path.write_text(json.dumps({"entries": [{**entry, **change}]}))
+    with pytest.raises(CatalogueError, match=message) as caught:
+        load_catalogue(path)
+    assert str(path) in str(caught.value)
+
+
+def test_unreadable_catalogue_files(tmp_path):
+    with pytest.raises(CatalogueError, match="cannot read catalogue"):
+        load_catalogue(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(CatalogueError, match="not valid JSON"):
+        load_catalogue(tmp_path / "bad.json")
+    (tmp_path / "dup.json").write_text(json.dumps({"entries": [
+        {"name": "a", "url": "https://x/a", "folder": "vae", "size": None, "sha256": None, "licence": "x"}] * 2}))
+    with pytest.raises(CatalogueError, match="duplicate name 'a'"):
+        load_catalogue(tmp_path / "dup.json")
+
+
+def test_packaged_catalogue_is_a_fresh_copy():
+    first = load_catalogue()
+    first.clear()
+    assert load_catalogue()
+
+
+def test_catalogue_json_ships_next_to_the_module():
+    assert (Path(__file__).parents[2] / "foci" / "files" / "catalogue.json").is_file()
