@@ -25,6 +25,7 @@ from foci.models.checkpoint import (
     VAE_PREFIX,
     load_shipped_config,
 )
+from foci.models.ldm_names import unet_ldm_key
 
 Size = Literal["tiny", "full"]
 Kind = Literal["base", "refiner"]
@@ -109,64 +110,6 @@ def component_configs(size: Size = "tiny", kind: Kind = "base") -> dict[str, dic
 # ----------------------------------------------------------------------------------------------------
 # diffusers names -> original (sgm) names
 # ----------------------------------------------------------------------------------------------------
-
-_RESNET_RENAMES = (
-    ("norm1", "in_layers.0"),
-    ("conv1", "in_layers.2"),
-    ("norm2", "out_layers.0"),
-    ("conv2", "out_layers.3"),
-    ("time_emb_proj", "emb_layers.1"),
-    ("conv_shortcut", "skip_connection"),
-)
-_UNET_TOP = {
-    "conv_in": "input_blocks.0.0",
-    "time_embedding.linear_1": "time_embed.0",
-    "time_embedding.linear_2": "time_embed.2",
-    "add_embedding.linear_1": "label_emb.0.0",
-    "add_embedding.linear_2": "label_emb.0.2",
-    "conv_norm_out": "out.0",
-    "conv_out": "out.2",
-}
-
-
-def _unet_key(name: str, config: dict[str, Any]) -> str:
-    """Map one diffusers UNet parameter name to its sgm name."""
-    module, leaf = name.rsplit(".", 1)
-    if module in _UNET_TOP:
-        return f"{_UNET_TOP[module]}.{leaf}"
-    parts = module.split(".")
-    per_level = config["layers_per_block"] + 1
-    rest = ".".join(parts[4:])
-    if parts[0] == "down_blocks":
-        level = int(parts[1])
-        if parts[2] == "downsamplers":
-            return f"input_blocks.{(level + 1) * per_level}.0.op.{leaf}"
-        index = 1 + level * per_level + int(parts[3])
-        slot = 0 if parts[2] == "resnets" else 1
-        return f"input_blocks.{index}.{slot}.{_resnet(rest) if slot == 0 else rest}.{leaf}"
-    if parts[0] == "up_blocks":
-        level = int(parts[1])
-        if parts[2] == "upsamplers":
-            has_attention = config["up_block_types"][level].startswith("CrossAttn")
-            return (
-                f"output_blocks.{level * per_level + per_level - 1}.{2 if has_attention else 1}.conv.{leaf}"
-            )
-        index = level * per_level + int(parts[3])
-        slot = 0 if parts[2] == "resnets" else 1
-        return f"output_blocks.{index}.{slot}.{_resnet(rest) if slot == 0 else rest}.{leaf}"
-    if parts[0] == "mid_block":
-        if parts[1] == "resnets":
-            return f"middle_block.{2 * int(parts[2])}.{_resnet('.'.join(parts[3:]))}.{leaf}"
-        return f"middle_block.1.{'.'.join(parts[3:])}.{leaf}"
-    raise KeyError(name)
-
-
-def _resnet(name: str) -> str:
-    for old, new in _RESNET_RENAMES:
-        if name == old:
-            return new
-    return name
-
 
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
 
@@ -257,7 +200,7 @@ def checkpoint_layout(size: Size = "tiny", kind: Kind = "base") -> dict[str, tup
         vae = AutoencoderKL.from_config(configs["vae"])
     layout: dict[str, tuple[int, ...]] = {}
     for name, tensor in unet.state_dict().items():
-        layout[UNET_PREFIX + _unet_key(name, configs["unet"])] = tuple(tensor.shape)
+        layout[UNET_PREFIX + unet_ldm_key(name, configs["unet"])] = tuple(tensor.shape)
     levels = len(configs["vae"]["block_out_channels"])
     for name, tensor in vae.state_dict().items():
         shape = tuple(tensor.shape)

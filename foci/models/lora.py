@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from foci.dev.synthetic import _unet_key
 from foci.models.checkpoint import UNET_PREFIX
+from foci.models.ldm_names import unet_ldm_key
 from foci.models.lora_formats import LoraError, Patch, group_patches, patch_delta, read_lora_file
 
 __all__ = [
@@ -81,7 +81,7 @@ def unet_ldm_names(unet: torch.nn.Module) -> dict[str, str]:
     sources: dict[str, torch.Tensor] = {}
     for name, _ in unet.named_parameters():
         try:
-            sources[UNET_PREFIX + _unet_key(name, config)] = torch.empty(0, device="meta")
+            sources[UNET_PREFIX + unet_ldm_key(name, config)] = torch.empty(0, device="meta")
         except (KeyError, IndexError, ValueError):
             continue  # a module the original layout does not have: reachable by its diffusers name only
     converted = convert_ldm_unet_checkpoint(sources, config)
