@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from pydantic import ValidationError
 
+from foci.server import Service, build_service
+from foci.service.jobs import JobState, JobStore
 from foci.task import GenerationTask
-from tests.test_api import StubEngine, run_api
+from tests.test_api import StubEngine, run_api, tiny_settings, wait_final
 
 SURROGATE_JSON = b'{"task": {"prompt": "a cat \\ud800", "steps": 2}}'
 
@@ -62,3 +71,93 @@ def test_bad_numbers_and_text_are_422_over_http(tmp_path: Path) -> None:
         assert listed.status_code == 200 and [job["id"] for job in listed.json()] == [job_id]
         assert listed.json()[0]["task"]["prompt"] == "ok"
         assert client.get("/v1/health").json()["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------ a full server (UI + API)
+@dataclass
+class RunningService:
+    url: str
+    service: Service
+
+
+@contextmanager
+def run_service(root: Path, engine: object, **settings: object) -> Iterator[RunningService]:
+    """``foci serve`` in-process: :func:`build_service` (UI, API, history, worker) under uvicorn on a free port."""
+    service = build_service(settings=tiny_settings(**settings), engines=[engine], root=root)  # type: ignore[list-item]
+    server = uvicorn.Server(uvicorn.Config(service.app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, name="test-service", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the service did not start"
+        time.sleep(0.01)
+    service.start()
+    try:
+        yield RunningService(f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}", service)
+    finally:
+        service.app.state.foci.close_streams()
+        server.should_exit = True
+        thread.join(20)
+        service.close()
+
+
+def assert_healthy(client: httpx.Client) -> list[dict]:
+    """Health answers ok, the job list and the history page still work; returns the job list."""
+    assert client.get("/v1/health").json()["status"] == "ok"
+    listed = client.get("/v1/jobs", params={"limit": 1000})
+    assert listed.status_code == 200, listed.text
+    return listed.json()
+
+
+# ------------------------------------------------------------------------------------------ 1. the job store
+def _poison(database: Path) -> dict[str, str]:
+    """Rows an older Foci (or a damaged file) left behind that this one cannot decode, plus one good job."""
+    JobStore(database).close()
+    rows = {
+        "surrogate": '{"prompt": "a cat \\ud800", "steps": 2}',  # what the old code stored for "\ud800"
+        "not-utf8": b'{"prompt": "caf\xe9", "steps": 2}',
+        "not-json": "{this is not json",
+        "bad-field": '{"steps": 100000}',
+    }
+    with sqlite3.connect(database) as conn:
+        for index, (job_id, task) in enumerate(rows.items()):
+            value = "CAST(? AS TEXT)" if isinstance(task, bytes) else "?"
+            conn.execute(f"INSERT INTO jobs (id, task, state, priority, position, created_at) "
+                         f"VALUES (?, {value}, ?, 0, ?, ?)",
+                         (job_id, task, "queued" if index % 2 else "done", index + 1.0, time.time()))
+    return {job_id: job_id for job_id in rows}
+
+
+def test_a_poisoned_job_store_still_serves_every_reader_also_after_a_restart(tmp_path: Path) -> None:
+    bad = _poison(tmp_path / "jobs.sqlite3")
+    stub = StubEngine(tmp_path / "out")
+    for attempt in range(2):  # the second start is the restart
+        with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+            jobs = {job["id"]: job for job in assert_healthy(client)}
+            assert set(bad) <= set(jobs)
+            for job_id in bad:
+                assert jobs[job_id]["state"] == "failed" and jobs[job_id]["unreadable"] is True, jobs[job_id]
+                assert "cannot read" in jobs[job_id]["error"]
+                one = client.get(f"/v1/jobs/{job_id}")
+                assert one.status_code == 200 and one.json()["state"] == "failed"
+            history = client.get("/history")
+            assert history.status_code == 200 and "cannot read" in history.text
+            assert client.get("/v1/jobs", params={"state": "failed"}).status_code == 200
+            good = client.post("/v1/jobs", json={"task": {"prompt": f"run {attempt}", "steps": 2,
+                                                          "image_number": 1, "aspect_ratio": "64*64"}})
+            assert good.status_code == 201
+            assert wait_final(client, good.json()["id"])["state"] == "done"  # the worker passed the bad rows
+    with JobStore(tmp_path / "jobs.sqlite3") as store:
+        assert {store.get(job_id).state for job_id in bad} == {JobState.FAILED}
+        store.delete("not-json")
+        assert len(store.list()) == 5
+
+
+def test_a_surrogate_prompt_never_poisons_the_store(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        response = client.post("/v1/jobs", content=SURROGATE_JSON, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422 and "prompt" in response.json()["detail"]
+        assert assert_healthy(client) == []
+        assert client.get("/history").status_code == 200
