@@ -43,7 +43,7 @@ from foci.service.events import EventBus, JobEvent, Subscription
 from foci.service.jobs import Job, JobError, JobImage, JobState, JobStore
 from foci.service.worker import Worker
 from foci.styles import StyleLibrary
-from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask, LoraSpec
+from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask
 
 ASSETS_DIR = Path(__file__).with_name("ui_assets")
 FINISHED_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
@@ -109,8 +109,8 @@ def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | N
     for row in range(lora_rows):
         name = values.get(f"lora_name_{row}")
         if name and name != NO_MODEL_LABEL:
-            loras.append(LoraSpec(name=str(name), weight=float(values.get(f"lora_weight_{row}", 1.0)),
-                                  enabled=bool(values.get(f"lora_enabled_{row}", True))))
+            loras.append({"name": str(name), "weight": values.get(f"lora_weight_{row}", 1.0),
+                          "enabled": bool(values.get(f"lora_enabled_{row}", True))})
     refiner = values.get("refiner_model")
     vae = values.get("vae")
     fields: dict[str, Any] = {
