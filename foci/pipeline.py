@@ -28,7 +28,7 @@ from foci.guidance.sag import SelfAttentionGuidance
 from foci.guided import BranchConditioning, DenoiseStage, GuidanceSettings, GuidedDenoiser
 from foci.hash_cache import HashCache, mark_corrupted
 from foci.metadata import ImageRecord
-from foci.model_folders import SETTING_KEYS, ModelFolders
+from foci.model_folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.models.checkpoint import CorruptFileError, SDXLComponents, load_checkpoint
 from foci.models.lora import LoraPatcher
 from foci.models.manager import (
@@ -146,6 +146,7 @@ class Engine:
     catalogue: Mapping[str, CatalogueEntry] | None = None
     vram: str = "auto"
     cache_budget_bytes: int | None = None
+    accept_paths: bool = True  # False (the server): a model is only ever a name inside its model folders
     _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
 
@@ -177,11 +178,17 @@ class Engine:
         return plan_devices(self.device, precision)
 
     def resolve(self, kind: str, name: str, what: str | None = None) -> Path:
-        """Find a model file (a path, a name relative to a ``kind`` folder, or a bare stem); download it if the
-        catalogue knows it and a downloader is set; else raise a :class:`GenerationError` saying where to put it."""
+        """Find a model file (a path — unless ``accept_paths`` is off —, a name relative to a ``kind`` folder, or a
+        bare stem); download it if the catalogue knows it and a downloader is set; else raise a
+        :class:`GenerationError` saying where to put it."""
         what = what or kind.rstrip("s")
-        candidate = Path(name).expanduser()
-        if candidate.is_file() or _is_diffusers_folder(candidate):
+        if not self.accept_paths:
+            try:
+                check_model_name(kind, name)
+            except ModelFoldersError as error:
+                raise GenerationError(str(error)) from None
+        candidate = Path(name).expanduser() if self.accept_paths else Path(name)
+        if self.accept_paths and (candidate.is_file() or _is_diffusers_folder(candidate)):
             return candidate
         if not candidate.is_absolute() and ".." not in candidate.parts:
             found = self.folders.find(kind, name)

@@ -66,6 +66,8 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     without any raises :class:`foci.service.auth.AuthError`. Jobs still running at a crash are re-queued.
     """
     quiet_environment()
+    for engine in engines:  # clients name models inside the model folders, never paths on this machine
+        engine.accept_paths = False
     if auth_file is None and (root / DEFAULT_AUTH_FILE).is_file():
         auth_file = root / DEFAULT_AUTH_FILE
     auth = AuthConfig.load(auth_file, listen_host=listen_host)

@@ -67,6 +67,8 @@ def test_bad_numbers_and_text_are_422_over_http(tmp_path: Path) -> None:
         response = client.patch(f"/v1/jobs/{job_id}", content=b'{"task": {"prompt": "\\ud83d"}}',
                                 headers={"Content-Type": "application/json"})
         assert response.status_code == 422, response.text
+        patched = client.patch(f"/v1/jobs/{job_id}", json={"task": {"vae": "/etc/passwd"}})
+        assert patched.status_code == 422 and "task.vae" in patched.json()["detail"], patched.text
         listed = client.get("/v1/jobs")
         assert listed.status_code == 200 and [job["id"] for job in listed.json()] == [job_id]
         assert listed.json()[0]["task"]["prompt"] == "ok"
@@ -161,3 +163,61 @@ def test_a_surrogate_prompt_never_poisons_the_store(tmp_path: Path) -> None:
         assert response.status_code == 422 and "prompt" in response.json()["detail"]
         assert assert_healthy(client) == []
         assert client.get("/history").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ 2. model paths
+OUTSIDE_NAMES = ["/etc/passwd", "../../../../etc/passwd", "~/.bashrc", "~root/.bashrc", "sub/../../escape.safetensors",
+                 "..\\..\\escape.safetensors", "C:\\Windows\\win.ini", "C:escape.safetensors", "\\\\host\\share\\x",
+                 "..", "jobs.sqlite3\0.safetensors"]
+
+
+def test_the_api_takes_model_names_inside_the_folders_only(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        for name in OUTSIDE_NAMES:
+            for fields, where in [({"base_model": name}, "base_model"), ({"refiner_model": name}, "refiner_model"),
+                                  ({"vae": name}, "vae"), ({"loras": [{"name": name}]}, "loras.0.name")]:
+                response = client.post("/v1/jobs", json={"task": fields})
+                assert response.status_code == 422, (fields, response.text)
+                assert f"task.{where}" in response.json()["detail"] or where in response.json()["detail"]
+        queued = client.post("/v1/jobs", json={"task": {"base_model": "sub/model.safetensors",
+                                                        "loras": [{"name": "style.safetensors"}]}})
+        assert queued.status_code == 201
+        job_id = queued.json()["id"]
+        assert [job["id"] for job in assert_healthy(client)] == [job_id]
+
+
+def test_the_server_engine_looks_only_inside_its_folders(tmp_path: Path, tiny_checkpoint: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from foci.pipeline import Engine, GenerationError
+
+    models = tmp_path / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "checkpoints" / "linked.safetensors").symlink_to(tiny_checkpoint)  # the operator's own link
+    (tmp_path / "stray.safetensors").write_bytes(tiny_checkpoint.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    local = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu")
+    served = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu", accept_paths=False)
+    assert local.resolve("checkpoints", str(tiny_checkpoint)) == tiny_checkpoint  # the CLI's user may use paths
+    assert local.resolve("checkpoints", "stray.safetensors").name == "stray.safetensors"
+    for name in (str(tiny_checkpoint), "stray.safetensors", "../stray.safetensors", "~/stray.safetensors"):
+        with pytest.raises(GenerationError):
+            served.resolve("checkpoints", name)
+    assert served.resolve("checkpoints", "linked.safetensors") == models / "checkpoints" / "linked.safetensors"
+    assert served.resolve("checkpoints", "linked") == models / "checkpoints" / "linked.safetensors"
+
+
+def test_the_ui_takes_model_names_inside_the_folders_only(tmp_path: Path) -> None:
+    from foci.service.events import EventBus
+    from foci.service.ui import UIError, build_ui, values_from_task
+
+    stub = StubEngine(tmp_path / "out")
+    blocks = build_ui(store=JobStore(tmp_path / "jobs.sqlite3"), bus=EventBus(), worker=None, engine=stub,
+                      settings=tiny_settings(), output_dir=stub.output_dir, root=tmp_path)
+    ui = blocks.controller
+    good = GenerationTask(base_model="tiny-base.safetensors", styles=[], image_number=1)
+    assert ui.make_task(values_from_task(good, lora_rows=ui.lora_rows), random=True).base_model == good.base_model
+    for name in OUTSIDE_NAMES[:4]:
+        for task in (good.model_copy(update={"base_model": name}), good.model_copy(update={"vae": name})):
+            with pytest.raises(UIError, match="model folder|leave its folder"):
+                ui.make_task(values_from_task(task, lora_rows=ui.lora_rows), random=True)

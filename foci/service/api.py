@@ -30,6 +30,7 @@ from foci.config import FociSettings, available_presets
 from foci.metadata import task_from_metadata
 from foci.outputs import read_metadata
 from foci.performance import Performance, performance_lora_names
+from foci.service.admission import check_model_names
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
 from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError
@@ -384,6 +385,10 @@ class ApiContext:
             raise HTTPException(422, validation_message(error, "task")) from None
         except ValueError as error:
             raise HTTPException(422, f"task: {error}") from None
+        try:
+            check_model_names(task)
+        except ValueError as error:
+            raise HTTPException(422, f"task.{error}") from None
         if task.image_number > self.settings.default_max_image_number:
             raise HTTPException(422, f"image_number {task.image_number} is above the server's maximum "
                                      f"{self.settings.default_max_image_number}")

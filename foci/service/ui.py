@@ -39,6 +39,7 @@ from foci.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL, task_from_metadata
 from foci.outputs import read_metadata
 from foci.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
 from foci.pipeline import Engine
+from foci.service.admission import check_model_names
 from foci.service.events import EventBus, JobEvent, Subscription
 from foci.service.jobs import Job, JobError, JobImage, JobState, JobStore
 from foci.service.worker import Worker
@@ -334,6 +335,10 @@ class FociUI:
     def make_task(self, values: Mapping[str, Any], *, random: bool) -> GenerationTask:
         """The task of a Generate click; :class:`UIError` for anything the queue would refuse."""
         task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None)
+        try:
+            check_model_names(task)
+        except ValueError as error:
+            raise UIError(str(error)) from None
         try:
             self.styles.validate(task.styles)
         except ValueError as error:
