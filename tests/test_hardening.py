@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +18,8 @@ import pytest
 import uvicorn
 from pydantic import ValidationError
 
+from foci.image_input import MAX_IMAGE_PIXELS, ImageInputError, ImageTooLargeError, open_image
+from foci.outputs import read_metadata
 from foci.server import Service, build_service
 from foci.service.jobs import JobState, JobStore
 from foci.task import GenerationTask
@@ -221,3 +226,73 @@ def test_the_ui_takes_model_names_inside_the_folders_only(tmp_path: Path) -> Non
         for task in (good.model_copy(update={"base_model": name}), good.model_copy(update={"vae": name})):
             with pytest.raises(UIError, match="model folder|leave its folder"):
                 ui.make_task(values_from_task(task, lora_rows=ui.lora_rows), random=True)
+
+
+# ------------------------------------------------------------------------------------------ 5. size limits
+def png_header_only(width: int, height: int, *, text: dict[str, str] | None = None) -> bytes:
+    """A small PNG file whose header describes a ``width`` × ``height`` RGBA image (its pixel data is a stub):
+    what a decompression bomb looks like before decoding."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    parts = [b"\x89PNG\r\n\x1a\n", chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))]
+    for key, value in (text or {}).items():
+        parts.append(chunk(b"tEXt", key.encode("latin-1") + b"\0" + value.encode("latin-1")))
+    parts += [chunk(b"IDAT", zlib.compress(bytes(4096))), chunk(b"IEND", b"")]
+    return b"".join(parts)
+
+
+def test_every_route_caps_its_body(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=60) as client:
+        huge_prompt = json.dumps({"task": {"prompt": "x" * (25 << 20)}}).encode()
+        response = client.post("/v1/jobs", content=huge_prompt, headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "larger than" in response.json()["detail"]
+
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted while reading
+            yield b'{"task": {"prompt": "'
+            for _ in range(40):
+                yield b"y" * 65536
+            yield b'"}}'
+
+        for method, path in [("POST", "/v1/jobs"), ("PATCH", "/v1/jobs/x"), ("POST", "/v1/jobs/x/move"),
+                             ("POST", "/gradio_api/queue/join"), ("POST", "/history"), ("GET", "/v1/jobs")]:
+            response = client.request(method, path, content=chunks(), headers={"Content-Type": "application/json"})
+            assert response.status_code == 413, (method, path, response.status_code)
+        big_upload = b"\x89PNG" + bytes(21 << 20)
+        for path in ("/v1/metadata", "/gradio_api/upload"):
+            response = client.post(path, files={"files" if "gradio" in path else "file": ("x.png", big_upload)})
+            assert response.status_code == 413, (path, response.status_code)
+        ok = client.post("/v1/jobs", json={"task": {"prompt": "z" * 20_000, "image_number": 1, "steps": 2,
+                                                    "aspect_ratio": "64*64"}})
+        assert ok.status_code == 201
+        assert len(assert_healthy(client)) == 1
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("width", "height"), [(13_000, 13_000), (30_000, 30_000), (60_000, 1_000)])
+def test_pixel_bombs_are_refused_before_decoding(tmp_path: Path, width: int, height: int) -> None:
+    bomb = png_header_only(width, height, text={"parameters": '{"prompt": "boom"}', "fooocus_scheme": "fooocus"})
+    assert len(bomb) < 10_000
+    stub = StubEngine(tmp_path / "out")
+    with run_api(tmp_path, stub, with_worker=False) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        for response in (client.post("/v1/metadata", content=bomb, headers={"Content-Type": "image/png"}),
+                         client.post("/v1/metadata", files={"file": ("bomb.png", bomb, "image/png")})):
+            assert response.status_code == 413, response.text
+            assert "Mpx" in response.json()["detail"] and str(tmp_path) not in response.text
+        assert client.get("/v1/health").json()["status"] == "ok"
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(ImageTooLargeError, match="Mpx"):
+        read_metadata(tmp_path / "bomb.png")
+
+
+def test_images_within_the_limit_still_open(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (4096, 2048)).save(tmp_path / "ok.png")
+    with open_image(tmp_path / "ok.png") as image:
+        assert image.size == (4096, 2048)
+    assert Image.MAX_IMAGE_PIXELS == MAX_IMAGE_PIXELS
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ImageInputError, match="not an image"):
+        open_image(tmp_path / "text.png")
