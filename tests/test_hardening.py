@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import struct
 import threading
@@ -296,3 +297,83 @@ def test_images_within_the_limit_still_open(tmp_path: Path) -> None:
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(ImageInputError, match="not an image"):
         open_image(tmp_path / "text.png")
+
+
+# ------------------------------------------------------------------------------------------ fuzzing the job API
+FUZZ_SEED = 20260113
+FUZZ_REQUESTS = 250
+FUZZ_SECONDS = 45.0
+NASTY_STRINGS = ["", " ", "\ud800", "a\udfffb", "\0", "../../etc/passwd", "/etc/passwd", "~/.bashrc", "None",
+                 "💥" * 50, "x" * 30_000, "%2e%2e/", "1152*896", "64*64", "99999999999*8", "<lora:x:1e308>",
+                 "embedding:../../x", "__../../x__", "{prompt}", "Fooocus V2", "dpmpp_2m_sde_gpu", "karras"]
+
+
+def _fuzz_value(rng: random.Random, schema: dict, defs: dict, depth: int = 0) -> object:
+    """A value for ``schema``: mostly near its bounds or of its type, sometimes of another type entirely."""
+    if "$ref" in schema:
+        schema = defs[schema["$ref"].rsplit("/", 1)[1]]
+    if "anyOf" in schema:
+        schema = rng.choice(schema["anyOf"])
+    if rng.random() < 0.1 or depth > 3:
+        return rng.choice([None, True, -1, 2**70, -(2**70), 1e308, -0.0, "x", [], {}, [[[]]], {"a": {"b": 1}}])
+    kind = schema.get("type")
+    if "enum" in schema or "const" in schema:
+        choices = schema.get("enum", [schema.get("const")])
+        return rng.choice([*choices, "nope"])
+    if kind in ("integer", "number"):
+        low, high = schema.get("minimum", -(10**6)), schema.get("maximum", 10**6)
+        picks = [low, high, low - 1, high + 1, (low + high) / 2, 10**9, -(10**9), 0, 1, 8, 64, 4096, 4104]
+        value = rng.choice(picks)
+        return int(value) if kind == "integer" and rng.random() < 0.9 else value
+    if kind == "boolean":
+        return rng.choice([True, False, "yes", 1, None])
+    if kind == "string":
+        return rng.choice(NASTY_STRINGS)
+    if kind == "array":
+        return [_fuzz_value(rng, schema.get("items", {}), defs, depth + 1) for _ in range(rng.choice([0, 1, 2, 40]))]
+    if kind == "object":
+        properties = schema.get("properties", {})
+        names = rng.sample(sorted(properties), k=rng.randint(0, len(properties))) if properties else []
+        value = {name: _fuzz_value(rng, properties[name], defs, depth + 1) for name in names}
+        if rng.random() < 0.05:
+            value["unexpected"] = 1
+        return value
+    return rng.choice(NASTY_STRINGS)
+
+
+def test_fuzzing_the_job_api_never_gives_a_5xx(tmp_path: Path) -> None:
+    rng = random.Random(FUZZ_SEED)
+    schema = GenerationTask.model_json_schema()
+    defs = schema.get("$defs", {})
+    stub = StubEngine(tmp_path / "out")
+    statuses: dict[int, int] = {}
+    with run_api(tmp_path, stub, with_worker=False) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        deadline = time.monotonic() + FUZZ_SECONDS
+        queued: list[str] = []
+        for number in range(FUZZ_REQUESTS):
+            if time.monotonic() > deadline:
+                break
+            if rng.random() < 0.25:  # anything the schema's shape allows, mostly invalid
+                task = _fuzz_value(rng, schema, defs)
+            else:  # a valid small task with one to three fields fuzzed, so the bad value is what is judged
+                task = {"aspect_ratio": "64*64", "steps": 2, "image_number": 1, "styles": []}
+                for name in rng.sample(sorted(schema["properties"]), k=rng.randint(1, 3)):
+                    task[name] = _fuzz_value(rng, schema["properties"][name], defs, 1)
+            body = {"task": task, "priority": rng.choice([0, 0, 0, 5, -(10**7), "x"])} if rng.random() < 0.9 else task
+            encoded = json.dumps(body, ensure_ascii=rng.random() < 0.5).encode("utf-8", "surrogatepass")
+            if queued and rng.random() < 0.3:
+                response = client.patch(f"/v1/jobs/{rng.choice(queued)}", content=encoded,
+                                        headers={"Content-Type": "application/json"})
+            else:
+                response = client.post("/v1/jobs", content=encoded, headers={"Content-Type": "application/json"})
+            statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+            assert response.status_code < 500, (number, body, response.text[:500])
+            if response.status_code == 201:
+                queued.append(response.json()["id"])
+        assert sum(statuses.values()) >= 50, statuses  # it really ran
+        assert statuses.get(422, 0) > 0 and statuses.get(201, 0) > 0, statuses  # both sides were exercised
+        assert client.get("/v1/health").json()["status"] == "ok"
+        listed = client.get("/v1/jobs", params={"limit": 1000})
+        assert listed.status_code == 200 and len(listed.json()) == len(queued)
+        for job_id in queued:
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 200
