@@ -21,6 +21,7 @@ from PIL import Image
 from foci import __version__
 from foci.config import FociSettings
 from foci.devices import DevicePlan, is_out_of_memory, plan_devices
+from foci.download_hints import download_failure_message
 from foci.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
 from foci.guidance.adm import refiner_time_ids, sdxl_size_time_ids
 from foci.guidance.freeu import FreeU
@@ -202,10 +203,13 @@ class Engine:
                     return self.folders.find(kind, relative)
         entry = self._catalogue_entry(kind, candidate.name)
         if entry is not None and self.downloader is not None:
+            folder = self.folders.download_folder(kind)
             try:
-                return self.downloader.fetch(entry, self.folders.download_folder(kind))
+                return self.downloader.fetch(entry, folder)
             except DownloadError as error:
-                raise GenerationError(str(error)) from error
+                raise GenerationError(download_failure_message(
+                    error, url=self.downloader.resolve_url(entry.url), file_name=entry.file_name,
+                    folder=folder)) from error
         folders = ", ".join(str(f) for f in self.folders.folders(kind))
         hint = f"; download it from {entry.url}" if entry is not None else ""
         raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}")

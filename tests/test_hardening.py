@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import sqlite3
 import struct
 import threading
 import time
+import urllib.error
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -377,3 +379,51 @@ def test_fuzzing_the_job_api_never_gives_a_5xx(tmp_path: Path) -> None:
         assert listed.status_code == 200 and len(listed.json()) == len(queued)
         for job_id in queued:
             assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ 9. UI defects
+def test_the_served_ui_selects_its_preset(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=30) as client:
+        config = client.get("/config")
+        assert config.status_code == 200
+        (dropdown,) = [c for c in config.json()["components"] if c.get("props", {}).get("elem_id") == "foci-preset"]
+        assert dropdown["props"]["value"] == "default"
+        assert ["default", "default"] in [list(choice) for choice in dropdown["props"]["choices"]]
+
+
+def test_a_download_without_connection_gives_advice(tmp_path: Path) -> None:
+    from foci.downloads import Downloader, load_catalogue
+    from foci.pipeline import Engine, GenerationError
+
+    with socket.socket() as probe:  # a port nobody listens on: the connection is refused
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    engine = Engine(models_dir=tmp_path / "models", output_dir=tmp_path / "out", device="cpu",
+                    downloader=Downloader(mirror=dead, retries=0, backoff=0), accept_paths=False)
+    name = "juggernautXL_v8Rundiffusion.safetensors"
+    assert name in {entry.file_name for entry in load_catalogue().values()}
+    with pytest.raises(GenerationError) as caught:
+        engine.resolve("checkpoints", name)
+    message = str(caught.value)
+    assert message == f"no connection to 127.0.0.1 — set --hf-mirror or put {name} in " \
+                      f"{(tmp_path / 'models' / 'checkpoints').as_posix()}/"
+    assert "Errno" not in message
+
+
+def test_a_failed_job_shows_the_advice_not_the_resolver_error(tmp_path: Path) -> None:
+    from foci.download_hints import download_failure_message
+
+    try:
+        try:
+            raise urllib.error.URLError(socket.gaierror(-2, "Name or service not known"))
+        except urllib.error.URLError as reason:
+            raise RuntimeError("could not download x.safetensors from https://huggingface.co/x: cannot connect: "
+                               "[Errno -2] Name or service not known") from reason
+    except RuntimeError as error:
+        assert download_failure_message(error, url="https://huggingface.co/a/b/x.safetensors",
+                                        file_name="x.safetensors", folder="models/checkpoints") == \
+            "no connection to huggingface.co — set --hf-mirror or put x.safetensors in models/checkpoints/"
+    http_error = urllib.error.HTTPError("https://huggingface.co/x", 404, "Not Found", None, None)  # type: ignore[arg-type]
+    assert download_failure_message(http_error, url="https://huggingface.co/x", file_name="x",
+                                    folder="models") == str(http_error)

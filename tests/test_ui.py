@@ -360,6 +360,12 @@ def test_generate_forever_until_stop(page: Any, live_ui: LiveUI) -> None:
 
 
 @needs_chromium
+def test_the_preset_dropdown_shows_the_active_preset_on_first_load(page: Any) -> None:
+    _open_advanced(page)
+    assert page.locator("#foci-preset input").input_value() == "default"
+
+
+@needs_chromium
 def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     prompt = "two pictures, one skipped"
     _open_advanced(page)

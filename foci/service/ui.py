@@ -302,7 +302,7 @@ class FociUI:
 
     def __init__(self, *, store: JobStore, bus: EventBus, worker: Worker | None, engine: Engine,
                  settings: FociSettings, output_dir: Path, defaults: Mapping[str, Any] | None = None,
-                 root: Path | None = None, title: str = "Foci") -> None:
+                 root: Path | None = None, title: str = "Foci", preset: str | None = "default") -> None:
         self.store = store
         self.bus = bus
         self.worker = worker
@@ -311,6 +311,7 @@ class FociUI:
         self.output_dir = Path(output_dir).resolve()
         self.root = Path.cwd() if root is None else Path(root)
         self.title = title
+        self.preset = preset
         self.styles = StyleLibrary.load(list(engine.styles_dirs))
         self.lora_rows = settings.default_max_lora_number
         values = {**settings.task_defaults(), **dict(defaults or {})}
@@ -424,8 +425,9 @@ class FociUI:
                 right = gr.Column(scale=1, visible=settings.default_advanced_checkbox, elem_id="foci-right")
                 with right, gr.Tabs():
                     with gr.Tab("Settings", elem_id="foci-tab-settings"):
-                        preset = gr.Dropdown(available_presets(self.root), value=None, label="Preset",
-                                             elem_id="foci-preset")
+                        presets = available_presets(self.root)
+                        preset = gr.Dropdown(presets, value=self.preset if self.preset in presets else None,
+                                             label="Preset", elem_id="foci-preset")
                         field("performance", gr.Radio([mode.value for mode in Performance],
                                                       value=values["performance"], label="Performance",
                                                       elem_id="foci-performance"))
@@ -949,12 +951,13 @@ def _looks_like_json(text: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------------- public API
 def build_ui(*, store: JobStore, bus: EventBus, worker: Worker | None, engine: Engine, settings: FociSettings,
-             output_dir: Path, defaults: Mapping[str, Any] | None = None, root: Path | None = None) -> gr.Blocks:
+             output_dir: Path, defaults: Mapping[str, Any] | None = None, root: Path | None = None,
+             preset: str | None = "default") -> gr.Blocks:
     """The Gradio app. ``defaults`` (``GenerationTask`` keyword arguments) override the settings' task defaults;
     a ``seed`` among them also unticks "Random". ``root`` is where user presets live (default: the working
-    directory)."""
+    directory); ``preset`` is the one the Preset dropdown shows selected (the one ``settings`` came from)."""
     ui = FociUI(store=store, bus=bus, worker=worker, engine=engine, settings=settings, output_dir=output_dir,
-                defaults=defaults, root=root)
+                defaults=defaults, root=root, preset=preset)
     return ui.build()
 
 
