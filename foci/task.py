@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 SAMPLERS: tuple[str, ...] = (
     "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
@@ -20,6 +29,34 @@ SCHEDULERS: tuple[str, ...] = (
 MAX_SEED = 2**63 - 1
 DEFAULT_STYLES: tuple[str, ...] = ("Fooocus V2", "Fooocus Enhance", "Fooocus Sharp")
 _SIZE = re.compile(r"^\s*(\d+)\s*[*x×]\s*(\d+)\s*$")
+_NOT_TEXT = re.compile("[\x00\ud800-\udfff]")
+
+MAX_PROMPT_CHARS = 20_000
+MAX_NAME_CHARS = 1024  # a model/LoRA/VAE name (or, from the CLI, a path), a style, a performance or size label
+MAX_STYLES = 512
+MAX_LORAS = 32
+MAX_SIZE = 4096
+MAX_STEPS = 200  # Fooocus's forced-overwrite slider maximum
+MAX_LORA_WEIGHT = 10.0  # Fooocus's config allows LoRA slider limits up to ±10
+
+
+def check_text(value: str) -> str:
+    """``value`` if it is text every store and file format can hold: UTF-8-encodable (no lone UTF-16 surrogates)
+    and free of NUL characters; ValueError naming the first offending character otherwise."""
+    bad = _NOT_TEXT.search(value)
+    if bad is not None:
+        raise ValueError(f"text holds the character U+{ord(bad.group()):04X} at position {bad.start()}, which is "
+                         "not valid Unicode text (a lone surrogate or NUL)")
+    return value
+
+
+def encodable(text: str) -> str:
+    """``text`` with anything :func:`check_text` rejects shown as a backslash escape (for error messages)."""
+    return text.replace("\0", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS), AfterValidator(check_text)]
+Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS), AfterValidator(check_text)]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -34,8 +71,8 @@ class LoraSpec(BaseModel):
     """One LoRA slot: a file name (or path) and its weight."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
-    weight: float = 1.0
+    name: Name
+    weight: float = Field(1.0, ge=-MAX_LORA_WEIGHT, le=MAX_LORA_WEIGHT)
     enabled: bool = True
 
 
@@ -44,10 +81,10 @@ class FreeUSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     enabled: bool = False
-    b1: float = 1.01
-    b2: float = 1.02
-    s1: float = 0.99
-    s2: float = 0.95
+    b1: float = Field(1.01, ge=0.0, le=10.0)
+    b2: float = Field(1.02, ge=0.0, le=10.0)
+    s1: float = Field(0.99, ge=0.0, le=10.0)
+    s2: float = Field(0.95, ge=0.0, le=10.0)
 
 
 class GenerationTask(BaseModel):
@@ -55,18 +92,18 @@ class GenerationTask(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    prompt: str = ""
-    negative_prompt: str = ""
-    styles: list[str] = Field(default_factory=lambda: list(DEFAULT_STYLES))
-    performance: str = "Speed"
-    aspect_ratio: str = "1152*896"
+    prompt: Prompt = ""
+    negative_prompt: Prompt = ""
+    styles: list[Name] = Field(default_factory=lambda: list(DEFAULT_STYLES), max_length=MAX_STYLES)
+    performance: Name = "Speed"
+    aspect_ratio: Name = "1152*896"
     image_number: int = Field(2, ge=1, le=32)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     disable_seed_increment: bool = False
     read_wildcards_in_order: bool = False
     output_format: Literal["png", "jpeg", "webp"] = "png"
 
-    steps: int = Field(30, ge=1, le=200)
+    steps: int = Field(30, ge=1, le=MAX_STEPS)
     guidance_scale: float = Field(4.0, ge=1.0, le=30.0)
     sharpness: float = Field(2.0, ge=0.0, le=30.0)
     sampler: str = "dpmpp_2m_sde_gpu"
@@ -80,17 +117,17 @@ class GenerationTask(BaseModel):
     sag_scale: float = Field(0.0, ge=0.0, le=10.0, description="Self-Attention Guidance scale; 0 = off")
     perp_neg_scale: float = Field(0.0, ge=0.0, le=10.0, description="Perpendicular negative scale; 0 = off")
 
-    base_model: str = ""
-    refiner_model: str | None = None
+    base_model: Name = ""
+    refiner_model: Name | None = None
     refiner_switch: float = Field(0.5, ge=0.1, le=1.0)
     refiner_swap_method: Literal["joint", "separate"] = "joint"
-    vae: str | None = None
-    loras: list[LoraSpec] = Field(default_factory=list)
+    vae: Name | None = None
+    loras: list[LoraSpec] = Field(default_factory=list, max_length=MAX_LORAS)
 
-    overwrite_step: int = -1
-    overwrite_switch: int = -1
-    overwrite_width: int = -1
-    overwrite_height: int = -1
+    overwrite_step: int = Field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: use steps")
+    overwrite_switch: int = Field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: from refiner_switch")
+    overwrite_width: int = Field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio")
+    overwrite_height: int = Field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio")
 
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     save_metadata: bool = True
@@ -114,8 +151,8 @@ class GenerationTask(BaseModel):
     def _valid_size(self) -> GenerationTask:
         width, height = self.size
         for name, value in (("width", width), ("height", height)):
-            if value % 8 or not 64 <= value <= 4096:
-                raise ValueError(f"{name} {value} must be a multiple of 8 between 64 and 4096")
+            if value % 8 or not 64 <= value <= MAX_SIZE:
+                raise ValueError(f"{name} {value} must be a multiple of 8 between 64 and {MAX_SIZE}")
         return self
 
     @property

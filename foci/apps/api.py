@@ -25,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from foci import __version__
+from foci.records.image_input import ImageTooLargeError
 from foci.records.metadata import task_from_metadata
 from foci.records.outputs import read_metadata
+from foci.service.admission import check_model_names
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
 from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError
@@ -344,6 +346,65 @@ async def _uploaded_file(request: Request, max_bytes: int) -> bytes:
     return data
 
 
+# ------------------------------------------------------------------------------------------------ body size
+_UPLOAD_TYPES = ("multipart/form-data", "image/", "application/octet-stream")
+
+
+class BodySizeLimit:
+    """ASGI middleware for the whole app (API, UI, history): a request body larger than its limit gets 413
+    before any route sees it — checked on ``Content-Length`` and while reading a body sent without one.
+
+    Uploads (multipart, ``image/*``, octet-stream) may be ``upload_bytes`` long, everything else (JSON, forms)
+    ``other_bytes``. The body is read (at most the limit) before the route runs, then handed on unchanged.
+    """
+
+    def __init__(self, app: Any, *, upload_bytes: int, other_bytes: int) -> None:
+        self.app = app
+        self.upload_bytes = upload_bytes
+        self.other_bytes = other_bytes
+
+    def limit_for(self, content_type: str) -> int:
+        """The body limit for a request of this ``Content-Type``."""
+        lowered = content_type.strip().lower()
+        return self.upload_bytes if lowered.startswith(_UPLOAD_TYPES) else self.other_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        limit = self.limit_for(headers.get("content-type", ""))
+        declared = headers.get("content-length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(send, limit)
+            return
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            size += len(message.get("body", b""))
+            if size > limit:
+                await _too_large(send, limit)
+                return
+            if not message.get("more_body", False):
+                break
+
+        async def replay() -> dict[str, Any]:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+
+async def _too_large(send: Any, limit: int) -> None:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 # ------------------------------------------------------------------------------------------------ the app
 @dataclass
 class ApiContext:
@@ -384,6 +445,10 @@ class ApiContext:
             raise HTTPException(422, validation_message(error, "task")) from None
         except ValueError as error:
             raise HTTPException(422, f"task: {error}") from None
+        try:
+            check_model_names(task)
+        except ValueError as error:
+            raise HTTPException(422, f"task.{error}") from None
         if task.image_number > self.settings.default_max_image_number:
             raise HTTPException(422, f"image_number {task.image_number} is above the server's maximum "
                                      f"{self.settings.default_max_image_number}")
@@ -441,14 +506,19 @@ def _authenticator(auth: AuthConfig) -> Any:
 
 def create_app(*, store: JobStore, worker: Worker | None, bus: EventBus, engine: Engine, settings: FociSettings,
                auth: AuthConfig, output_dir: Path, max_upload_bytes: int = 20 << 20,
-               root: Path | None = None) -> FastAPI:
-    """The FastAPI application. ``root`` is where user presets live (``<root>/presets``; default: cwd)."""
+               max_json_bytes: int = 1 << 20, root: Path | None = None) -> FastAPI:
+    """The FastAPI application. ``root`` is where user presets live (``<root>/presets``; default: cwd).
+
+    Every request body (also the UI's, which is mounted on this app) is capped: uploads at ``max_upload_bytes``
+    (plus multipart framing), anything else at ``max_json_bytes``; larger bodies get 413."""
     context = ApiContext(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                          output_dir=Path(output_dir), max_upload_bytes=max_upload_bytes,
                          root=Path.cwd() if root is None else Path(root))
     app = FastAPI(title="Foci API", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
                   description="Queue SDXL text-to-image jobs (Fooocus recipe), follow them live, fetch the images.")
     app.state.foci = context
+    app.add_middleware(BodySizeLimit, upload_bytes=max_upload_bytes + _MULTIPART_OVERHEAD,
+                       other_bytes=max_json_bytes)
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
@@ -678,6 +748,8 @@ def _metadata_of(context: ApiContext, data: bytes) -> MetadataResult:
         path.write_bytes(data)
         try:
             found = read_metadata(path)
+        except ImageTooLargeError as error:
+            raise HTTPException(413, str(error).replace(str(path), "the upload")) from None
         except (ValueError, OSError):
             raise HTTPException(422, "the upload is not an image file Foci can read") from None
     if found is None:
@@ -699,5 +771,5 @@ def image_url(image: JobImage) -> str:
     return f"{API_PREFIX}/images/{image.path}"
 
 
-__all__: Iterable[str] = ["ApiContext", "JobPatch", "JobSubmission", "MoveRequest", "TaskFields", "create_app",
-                          "image_url", "replay_events", "safe_image_path", "validation_message"]
+__all__: Iterable[str] = ["ApiContext", "BodySizeLimit", "JobPatch", "JobSubmission", "MoveRequest", "TaskFields",
+                          "create_app", "image_url", "replay_events", "safe_image_path", "validation_message"]

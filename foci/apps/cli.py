@@ -292,9 +292,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     preset = Path(args.preset).stem if args.preset else "default"
     if not args.no_download:
         try:  # like Fooocus's launcher: fetch what the preset needs before the first Generate
-            engine.downloader.ensure(required_files(preset, catalogue=engine.catalogue), engine.folders,
-                                     engine.catalogue)
-        except (DownloadError, ValueError) as error:
+            needed = required_files(preset, catalogue=engine.catalogue)
+            engine.downloader.ensure(needed, engine.folders, engine.catalogue)
+        except DownloadError as error:
+            print(f"foci: warning: {_download_warning(error, engine, needed)}", file=sys.stderr)
+        except ValueError as error:
             print(f"foci: warning: {error}", file=sys.stderr)
     host = args.listen
     engines = [engine]
@@ -304,9 +306,23 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.devices:
         engine.device = _device_list(args.devices)[0]
     service = build_service(settings=settings, engines=engines, root=root, listen_host=host,
-                            auth_file=Path(args.auth_file) if args.auth_file else None)
+                            auth_file=Path(args.auth_file) if args.auth_file else None, preset=preset)
     serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
     return 0
+
+
+def _download_warning(error: Exception, engine, names: list[str]) -> str:
+    """The start-up line for a failed download: advice when there is no connection at all."""
+    from foci.files.download_hints import download_failure_message
+    from foci.files.downloads import load_catalogue
+
+    catalogue = engine.catalogue if engine.catalogue is not None else load_catalogue()
+    failed = next((catalogue[name] for name in names if name in catalogue and catalogue[name].name in str(error)),
+                  None)
+    if failed is None:
+        return str(error)
+    return download_failure_message(error, url=engine.downloader.resolve_url(failed.url),
+                                    file_name=failed.file_name, folder=engine.folders.download_folder(failed.folder))
 
 
 def _device_list(devices: str | None) -> list[str]:

@@ -59,13 +59,16 @@ class Service:
 
 def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Path, listen_host: str = "127.0.0.1",
                   auth_file: Path | None = None, jobs_file: Path | None = None,
-                  ui_defaults: Mapping[str, Any] | None = None) -> Service:
+                  ui_defaults: Mapping[str, Any] | None = None, preset: str | None = "default") -> Service:
     """Wire store, workers (one per engine, i.e. per device), API and UI together (workers not started yet).
 
     Credentials come from ``auth_file`` (default ``<root>/auth.json`` when it exists); listening beyond loopback
     without any raises :class:`foci.service.auth.AuthError`. Jobs still running at a crash are re-queued.
+    ``preset`` is the name the UI's Preset dropdown shows selected (the one the settings were loaded with).
     """
     quiet_environment()
+    for engine in engines:  # clients name models inside the model folders, never paths on this machine
+        engine.accept_paths = False
     if auth_file is None and (root / DEFAULT_AUTH_FILE).is_file():
         auth_file = root / DEFAULT_AUTH_FILE
     auth = AuthConfig.load(auth_file, listen_host=listen_host)
@@ -81,7 +84,7 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     app = create_app(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                      output_dir=engine.output_dir, root=root)
     blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=settings,
-                      output_dir=engine.output_dir, defaults=ui_defaults, root=root)
+                      output_dir=engine.output_dir, defaults=ui_defaults, root=root, preset=preset)
     options: dict[str, Any] = {}
     dependencies: list[Any] = []
     if auth.enabled:

@@ -36,13 +36,14 @@ from pydantic import ValidationError
 from foci.engine.engine import Engine
 from foci.records.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL, task_from_metadata
 from foci.records.outputs import read_metadata
+from foci.service.admission import check_model_names
 from foci.service.events import EventBus, JobEvent, Subscription
 from foci.service.jobs import Job, JobError, JobImage, JobState, JobStore
 from foci.service.worker import Worker
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets, load_settings
 from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
-from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask, LoraSpec
+from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask
 from foci.text.styles import StyleLibrary
 
 ASSETS_DIR = Path(__file__).with_name("ui_assets")
@@ -109,8 +110,8 @@ def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | N
     for row in range(lora_rows):
         name = values.get(f"lora_name_{row}")
         if name and name != NO_MODEL_LABEL:
-            loras.append(LoraSpec(name=str(name), weight=float(values.get(f"lora_weight_{row}", 1.0)),
-                                  enabled=bool(values.get(f"lora_enabled_{row}", True))))
+            loras.append({"name": str(name), "weight": values.get(f"lora_weight_{row}", 1.0),
+                          "enabled": bool(values.get(f"lora_enabled_{row}", True))})
     refiner = values.get("refiner_model")
     vae = values.get("vae")
     fields: dict[str, Any] = {
@@ -301,7 +302,7 @@ class FociUI:
 
     def __init__(self, *, store: JobStore, bus: EventBus, worker: Worker | None, engine: Engine,
                  settings: FociSettings, output_dir: Path, defaults: Mapping[str, Any] | None = None,
-                 root: Path | None = None, title: str = "Foci") -> None:
+                 root: Path | None = None, title: str = "Foci", preset: str | None = "default") -> None:
         self.store = store
         self.bus = bus
         self.worker = worker
@@ -310,6 +311,7 @@ class FociUI:
         self.output_dir = Path(output_dir).resolve()
         self.root = Path.cwd() if root is None else Path(root)
         self.title = title
+        self.preset = preset
         self.styles = StyleLibrary.load(list(engine.styles_dirs))
         self.lora_rows = settings.default_max_lora_number
         values = {**settings.task_defaults(), **dict(defaults or {})}
@@ -334,6 +336,10 @@ class FociUI:
     def make_task(self, values: Mapping[str, Any], *, random: bool) -> GenerationTask:
         """The task of a Generate click; :class:`UIError` for anything the queue would refuse."""
         task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None)
+        try:
+            check_model_names(task)
+        except ValueError as error:
+            raise UIError(str(error)) from None
         try:
             self.styles.validate(task.styles)
         except ValueError as error:
@@ -419,8 +425,9 @@ class FociUI:
                 right = gr.Column(scale=1, visible=settings.default_advanced_checkbox, elem_id="foci-right")
                 with right, gr.Tabs():
                     with gr.Tab("Settings", elem_id="foci-tab-settings"):
-                        preset = gr.Dropdown(available_presets(self.root), value=None, label="Preset",
-                                             elem_id="foci-preset")
+                        presets = available_presets(self.root)
+                        preset = gr.Dropdown(presets, value=self.preset if self.preset in presets else None,
+                                             label="Preset", elem_id="foci-preset")
                         field("performance", gr.Radio([mode.value for mode in Performance],
                                                       value=values["performance"], label="Performance",
                                                       elem_id="foci-performance"))
@@ -944,12 +951,13 @@ def _looks_like_json(text: str | None) -> bool:
 
 # ------------------------------------------------------------------------------------------------- public API
 def build_ui(*, store: JobStore, bus: EventBus, worker: Worker | None, engine: Engine, settings: FociSettings,
-             output_dir: Path, defaults: Mapping[str, Any] | None = None, root: Path | None = None) -> gr.Blocks:
+             output_dir: Path, defaults: Mapping[str, Any] | None = None, root: Path | None = None,
+             preset: str | None = "default") -> gr.Blocks:
     """The Gradio app. ``defaults`` (``GenerationTask`` keyword arguments) override the settings' task defaults;
     a ``seed`` among them also unticks "Random". ``root`` is where user presets live (default: the working
-    directory)."""
+    directory); ``preset`` is the one the Preset dropdown shows selected (the one ``settings`` came from)."""
     ui = FociUI(store=store, bus=bus, worker=worker, engine=engine, settings=settings, output_dir=output_dir,
-                defaults=defaults, root=root)
+                defaults=defaults, root=root, preset=preset)
     return ui.build()
 
 

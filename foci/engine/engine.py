@@ -21,8 +21,9 @@ from PIL import Image
 from foci import __version__
 from foci.engine.denoiser import BranchConditioning, DenoiseStage, GuidanceSettings, GuidedDenoiser
 from foci.engine.devices import DevicePlan, is_out_of_memory, plan_devices
+from foci.files.download_hints import download_failure_message
 from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
-from foci.files.folders import SETTING_KEYS, ModelFolders
+from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
 from foci.guidance.adm import refiner_time_ids, sdxl_size_time_ids
 from foci.guidance.freeu import FreeU
@@ -148,6 +149,7 @@ class Engine:
     catalogue: Mapping[str, CatalogueEntry] | None = None
     vram: str = "auto"
     cache_budget_bytes: int | None = None
+    accept_paths: bool = True  # False (the server): a model is only ever a name inside its model folders
     _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
 
@@ -179,11 +181,17 @@ class Engine:
         return plan_devices(self.device, precision)
 
     def resolve(self, kind: str, name: str, what: str | None = None) -> Path:
-        """Find a model file (a path, a name relative to a ``kind`` folder, or a bare stem); download it if the
-        catalogue knows it and a downloader is set; else raise a :class:`GenerationError` saying where to put it."""
+        """Find a model file (a path — unless ``accept_paths`` is off —, a name relative to a ``kind`` folder, or a
+        bare stem); download it if the catalogue knows it and a downloader is set; else raise a
+        :class:`GenerationError` saying where to put it."""
         what = what or kind.rstrip("s")
-        candidate = Path(name).expanduser()
-        if candidate.is_file() or _is_diffusers_folder(candidate):
+        if not self.accept_paths:
+            try:
+                check_model_name(kind, name)
+            except ModelFoldersError as error:
+                raise GenerationError(str(error)) from None
+        candidate = Path(name).expanduser() if self.accept_paths else Path(name)
+        if self.accept_paths and (candidate.is_file() or _is_diffusers_folder(candidate)):
             return candidate
         if not candidate.is_absolute() and ".." not in candidate.parts:
             found = self.folders.find(kind, name)
@@ -197,10 +205,13 @@ class Engine:
                     return self.folders.find(kind, relative)
         entry = self._catalogue_entry(kind, candidate.name)
         if entry is not None and self.downloader is not None:
+            folder = self.folders.download_folder(kind)
             try:
-                return self.downloader.fetch(entry, self.folders.download_folder(kind))
+                return self.downloader.fetch(entry, folder)
             except DownloadError as error:
-                raise GenerationError(str(error)) from error
+                raise GenerationError(download_failure_message(
+                    error, url=self.downloader.resolve_url(entry.url), file_name=entry.file_name,
+                    folder=folder)) from error
         folders = ", ".join(str(f) for f in self.folders.folders(kind))
         hint = f"; download it from {entry.url}" if entry is not None else ""
         raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}")

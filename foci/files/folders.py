@@ -122,7 +122,7 @@ class ModelFolders:
 
     def find(self, kind: str, name: str | Path) -> Path | None:
         """The first existing file called `name` (may contain subfolders) in the folders of `kind`, else None."""
-        relative = _safe_relative(kind, name)
+        relative = check_model_name(kind, name)
         for folder in self._kind_paths(kind):
             candidate = folder / relative
             if candidate.is_file():
@@ -149,12 +149,18 @@ def _as_folder_list(key: str, value: object) -> list[str]:
     return [str(item) for item in items]
 
 
-def _safe_relative(kind: str, name: str | Path) -> Path:
+def check_model_name(kind: str, name: str | Path) -> Path:
+    """The one rule for a model name that comes over the API or the UI: a file (optionally in subfolders) inside
+    the folders of ``kind``, returned as a relative path. Absolute and drive paths, ``..`` parts, a leading ``~``
+    and NUL characters are refused with :class:`ModelFoldersError`. Symlinks inside a model folder were put there
+    by the operator and are followed."""
     text = str(name)
-    if not text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() \
-            or PureWindowsPath(text).drive:
-        raise ModelFoldersError(f"model name {text!r} for {kind} must be a file name relative to its folder")
+    if not text or "\0" in text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).is_absolute() \
+            or PureWindowsPath(text).drive or text.startswith("~"):
+        raise ModelFoldersError(f"model name {text!r} for {kind} must be a file name inside its model folder "
+                                "(no absolute path, drive or '~')")
     relative = Path(*PureWindowsPath(text).parts) if "\\" in text else Path(text)
     if ".." in relative.parts:
-        raise ModelFoldersError(f"model name {text!r} for {kind} must not leave its folder")
+        raise ModelFoldersError(f"model name {text!r} for {kind} must not leave its folder ('..')")
     return relative
+

@@ -21,8 +21,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, PngImagePlugin
 
+from foci.records.image_input import ImageInputError, open_image
 from foci.records.metadata import METADATA_SCHEMES, ImageRecord, to_a1111_text, to_fooocus_json
 
 OUTPUT_FORMATS: dict[str, str] = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
@@ -153,8 +154,8 @@ def read_metadata(path: Path) -> tuple[str, str | dict[str, Any]] | None:
     A fooocus payload comes back as a dict when it is a JSON object; a missing or unknown scheme is inferred
     (JSON object → fooocus, other text → a1111). Raises ValueError for a file that is not a readable image.
     """
-    try:
-        with Image.open(path) as image:
+    with open_image(path, what=str(path)) as image:
+        try:
             text_chunks: dict[str, Any] = dict(getattr(image, "text", None) or {})
             payload: str | None = text_chunks.get(PNG_PARAMETERS_KEY)
             scheme: str | None = text_chunks.get(PNG_SCHEME_KEY)
@@ -163,8 +164,8 @@ def read_metadata(path: Path) -> tuple[str, str | dict[str, Any]] | None:
                 sub_ifd = exif.get_ifd(EXIF_IFD_POINTER)
                 payload = _decode_exif_text(exif.get(EXIF_USER_COMMENT, sub_ifd.get(EXIF_USER_COMMENT)))
                 scheme = _decode_exif_text(exif.get(EXIF_MAKER_NOTE, sub_ifd.get(EXIF_MAKER_NOTE)))
-    except UnidentifiedImageError:
-        raise ValueError(f"{path} is not an image file Foci can read") from None
+        except (OSError, SyntaxError, Image.DecompressionBombError) as error:  # a damaged file, found when decoding
+            raise ImageInputError(f"{path} is not an image file Foci can read: {error}") from None
     if payload is None:
         return None
     if scheme not in METADATA_SCHEMES:

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError
 
-from foci.task import GenerationTask
+from foci.task import GenerationTask, check_text, encodable
 
 SCHEMA_VERSION = 1
 DEFAULT_MAX_ATTEMPTS = 3
@@ -101,6 +101,7 @@ class Job(BaseModel):
     attempts: int = 0
     skipped_images: int = 0
     cancel_requested: bool = False
+    unreadable: bool = Field(False, description="the stored job could not be read; it is reported as failed")
 
 
 class JobError(ValueError):
@@ -151,6 +152,16 @@ def _check_webhook_url(url: str | None) -> str | None:
     return url.strip()
 
 
+def _decode_text(data: bytes) -> str:
+    """SQLite text as str; bytes that are not UTF-8 become lone surrogates, which :meth:`JobStore._to_job` then
+    reports as an unreadable job instead of failing the whole query."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def _float_or(value: object, default: float) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
 def _check_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise JobError(f"{name} must be an integer, got {value!r}")
@@ -174,6 +185,7 @@ class JobStore:
         try:
             self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                          check_same_thread=False)
+            self._conn.text_factory = _decode_text
             self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
             self._conn.execute("PRAGMA journal_mode = WAL")
             self._conn.execute("PRAGMA synchronous = NORMAL")
@@ -222,17 +234,30 @@ class JobStore:
     def _row(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
         if not isinstance(job_id, str):
             raise UnknownJobError(f"job id must be a string, got {job_id!r}")
+        try:
+            check_text(job_id)
+        except ValueError:
+            raise UnknownJobError(f"no job with id {encodable(job_id)!r}") from None
         row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(f"no job with id {job_id!r}")
         return dict(zip(_COLUMNS, row, strict=True))
 
     def _to_job(self, row: dict[str, Any]) -> Job:
+        """The job a row holds; a row this Foci cannot decode becomes a failed job marked ``unreadable``."""
         try:
-            task = GenerationTask.model_validate(json.loads(row["task"]))
-        except (ValidationError, json.JSONDecodeError) as error:
-            first = str(error).splitlines()[0]
-            raise JobError(f"job {row['id']} holds a task this Foci cannot read: {first}") from None
+            return self._decode(row)
+        except (ValidationError, ValueError, TypeError, KeyError) as error:
+            return self._unreadable(row, error)
+
+    def _decode(self, row: dict[str, Any]) -> Job:
+        for name, value in row.items():
+            if isinstance(value, str):
+                try:
+                    check_text(value)
+                except ValueError as error:
+                    raise ValueError(f"{name}: {error}") from None
+        task = GenerationTask.model_validate(json.loads(row["task"]))
         progress = self._live_progress.get(row["id"]) if row["state"] == JobState.RUNNING.value else None
         if progress is None and row["progress"]:
             progress = JobProgress.model_validate_json(row["progress"])
@@ -241,6 +266,17 @@ class JobStore:
                    error=row["error"], images=[JobImage.model_validate(i) for i in json.loads(row["images"])],
                    progress=progress, webhook_url=row["webhook_url"], attempts=row["attempts"],
                    skipped_images=row["skipped_images"], cancel_requested=bool(row["cancel_requested"]))
+
+    @staticmethod
+    def _unreadable(row: dict[str, Any], error: Exception) -> Job:
+        job_id = encodable(str(row.get("id")))
+        first = encodable(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        priority = row.get("priority")
+        return Job(id=job_id, task=GenerationTask(), state=JobState.FAILED, unreadable=True,
+                   priority=priority if isinstance(priority, int) else 0,
+                   created_at=_float_or(row.get("created_at"), 0.0),
+                   finished_at=_float_or(row.get("finished_at"), _float_or(row.get("created_at"), 0.0)),
+                   error=f"job {job_id} holds data this Foci cannot read: {first}")
 
     def _get(self, conn: sqlite3.Connection, job_id: str) -> Job:
         return self._to_job(self._row(conn, job_id))
@@ -336,12 +372,19 @@ class JobStore:
 
     # ----------------------------------------------------------------------------------------- the worker's side
     def claim_next(self) -> Job | None:
-        """Atomically take the first queued job (queued → running, ``attempts`` + 1); None when none waits."""
+        """Atomically take the first queued job (queued → running, ``attempts`` + 1); None when none waits.
+        A queued job this Foci cannot read is marked failed on the way (it is never handed to a worker)."""
         with self._write() as conn:
-            row = conn.execute(f"SELECT id FROM jobs WHERE state = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT 1"
-                               ).fetchone()
-            if row is None:
-                return None
+            while True:
+                row = conn.execute(f"SELECT id FROM jobs WHERE state = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT 1"
+                                   ).fetchone()
+                if row is None:
+                    return None
+                queued = self._to_job(self._row(conn, row[0]))
+                if not queued.unreadable:
+                    break
+                conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                             (time.time(), queued.error, row[0]))
             conn.execute("UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, error = NULL, "
                          "progress = NULL, attempts = attempts + 1, cancel_requested = 0 WHERE id = ?",
                          (time.time(), row[0]))
@@ -358,7 +401,7 @@ class JobStore:
 
     def fail(self, job_id: str, error: str) -> Job:
         """A running job raised: failed with ``error`` (cancelled when a cancel was requested meanwhile)."""
-        message = " ".join(str(error).split()) or "unknown error"
+        message = encodable(" ".join(str(error).split())) or "unknown error"
         return self._finish(job_id, JobState.FAILED, "fail", error=message)
 
     def _finish(self, job_id: str, state: JobState, action: str, **columns: object) -> Job:
@@ -542,6 +585,6 @@ class JobStore:
         """Remove a finished job from the history (its image files stay)."""
         with self._write() as conn:
             row = self._row(conn, job_id)
-            if JobState(row["state"]) not in FINAL_STATES:
+            if self._to_job(row).state not in FINAL_STATES:
                 raise JobError(f"cannot delete job {job_id}: it is {row['state']}; cancel it first")
             conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

@@ -50,7 +50,7 @@ needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists() or shutil.which(
 
 
 def _defaults(checkpoint: Path) -> dict[str, Any]:
-    return dict(base_model=str(checkpoint), styles=[], loras=[], aspect_ratio="64*64", steps=2, image_number=1,
+    return dict(base_model=checkpoint.name, styles=[], loras=[], aspect_ratio="64*64", steps=2, image_number=1,
                 performance="Speed")
 
 
@@ -360,6 +360,12 @@ def test_generate_forever_until_stop(page: Any, live_ui: LiveUI) -> None:
 
 
 @needs_chromium
+def test_the_preset_dropdown_shows_the_active_preset_on_first_load(page: Any) -> None:
+    _open_advanced(page)
+    assert page.locator("#foci-preset input").input_value() == "default"
+
+
+@needs_chromium
 def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     prompt = "two pictures, one skipped"
     _open_advanced(page)
@@ -390,7 +396,7 @@ def test_preset_switch_fills_the_controls(tmp_path: Path, tiny_checkpoint: Path,
     assert updates["prompt"] == "my own prompt" and updates["seed"] == "5"
     assert _prop(updates["guidance_scale"]) == 6.0 and _prop(updates["guidance_scale"], "interactive") is True
     assert updates["performance"] == "Speed"
-    assert updates["base_model"] != str(tiny_checkpoint)  # the preset's own model
+    assert updates["base_model"] != tiny_checkpoint.name  # the preset's own model
     task = task_from_values({name: _prop(value) for name, value in updates.items()}, lora_rows=ui.lora_rows)
     assert task.guidance_scale == 6.0 and task.prompt == "my own prompt"
 
