@@ -16,3 +16,10 @@ def test_sampling_benchmark_runs() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "sampling-loop overhead over raw UNet time" in done.stdout
     assert "peak RSS" in done.stdout
+
+
+def test_peer_benchmark_runs() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_peer.py"), "--aspect", "64*64",
+                           "--steps", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "foci-fp32 / diffusers:" in done.stdout and "foci-auto / diffusers:" in done.stdout
