@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from pydantic import ValidationError
 
@@ -427,3 +428,56 @@ def test_a_failed_job_shows_the_advice_not_the_resolver_error(tmp_path: Path) ->
     http_error = urllib.error.HTTPError("https://huggingface.co/x", 404, "Not Found", None, None)  # type: ignore[arg-type]
     assert download_failure_message(http_error, url="https://huggingface.co/x", file_name="x",
                                     folder="models") == str(http_error)
+
+
+# ------------------------------------------------------------------------------------------ 7. model kinds
+def _sd15_text_encoder_file(path: Path) -> Path:
+    """A small file in the SD1.x checkpoint layout (CLIP text encoder under ``cond_stage_model.transformer.``)."""
+    from safetensors.torch import save_file
+
+    tensors = {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(100, 32),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(32),
+               "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_file_of_another_kind_is_refused_as_vae_over_http(tmp_path: Path, tiny_models_dir: Path) -> None:
+    from foci.pipeline import Engine
+
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "checkpoints").symlink_to(tiny_models_dir / "checkpoints")
+    _sd15_text_encoder_file(models / "vae" / "sd15-clip.safetensors")
+    (models / "vae" / "notes.safetensors").write_text("just some text")
+    real = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                  accept_paths=False)
+    with run_api(tmp_path, real, settings=tiny_settings(models)) as api, \
+            httpx.Client(base_url=api.url, timeout=60) as client:
+        for vae, expected in (("sd15-clip.safetensors", "Stable Diffusion 1.x checkpoint; expected a VAE file"),
+                              ("notes.safetensors", "not a valid safetensors file")):
+            job = client.post("/v1/jobs", json={"task": {"prompt": "a cat", "vae": vae, "steps": 1, "styles": [],
+                                                         "image_number": 1, "aspect_ratio": "64*64",
+                                                         "base_model": "tiny-base.safetensors"}})
+            assert job.status_code == 201, job.text
+            final = wait_final(client, job.json()["id"], timeout=120)
+            assert final["state"] == "failed" and expected in final["error"], final["error"]
+            assert "\n" not in final["error"] and "Traceback" not in final["error"]
+        assert client.get("/v1/health").json()["status"] == "ok"
+
+
+def test_a_vae_approx_that_is_not_one_falls_back_to_plain_previews(tmp_path: Path) -> None:
+    from foci.models.vae_approx import VaeApproxError, load_vae_approx
+
+    stub = StubEngine(tmp_path / "out")
+    approx = stub.folders.download_folder("vae_approx")
+    approx.mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("a\nb\n")
+    (approx / "xlvaeapp.pth").symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(VaeApproxError, match="not a readable torch file"):
+        load_vae_approx(approx / "xlvaeapp.pth")
+    with run_api(tmp_path, stub) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        job = client.post("/v1/jobs", json={"task": {"prompt": "a cat", "steps": 3, "styles": [], "image_number": 1,
+                                                     "aspect_ratio": "64*64"}})
+        assert wait_final(client, job.json()["id"])["state"] == "done"
+        assert client.get("/v1/health").json()["status"] == "ok"

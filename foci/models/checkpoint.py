@@ -715,6 +715,9 @@ def load_vae(
         return _from_pretrained(AutoencoderKL, folder, None, device=device, dtype=dtype)
     name = str(path)
     shapes = read_tensor_shapes(path)
+    family = _unsupported_family(shapes)
+    if family is not None and "VAE" not in family:  # e.g. an SD1.x checkpoint: its VAE is not SDXL's latent space
+        raise CheckpointError(f"{name}: is {family}; expected a VAE file for SDXL")
     prefix = VAE_PREFIX if _has_prefix(shapes, VAE_PREFIX) else ""
     if _has_prefix(shapes, prefix + "encoder.down."):
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -728,9 +731,7 @@ def load_vae(
         config = _derive_diffusers_vae_config(shapes, template, name)
         converted = _rename_legacy_vae_attention(_read_tensors(path))
     else:
-        family = _unsupported_family(shapes)
-        what = f"is {family}" if family and "VAE" not in family else "has no VAE encoder/decoder tensors"
-        raise CheckpointError(f"{name}: {what}; expected a VAE file")
+        raise CheckpointError(f"{name}: has no VAE encoder/decoder tensors; expected a VAE file")
     return build_module(AutoencoderKL, config, converted, source=name, what="VAE", device=device, dtype=dtype)
 
 
