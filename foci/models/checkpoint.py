@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from foci.models.latent import PLAYGROUND_V25_LATENT, SDXL_LATENT, LatentFormat
+from foci.models.tensor_guard import TensorSizeError, check_state_dict
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
@@ -186,6 +187,10 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CorruptFileError(f"{path}: PyTorch file holds no tensors")
+    try:
+        check_state_dict(tensors)
+    except TensorSizeError as error:
+        raise CorruptFileError(f"{path}: {error}") from None
     return tensors
 
 
