@@ -495,7 +495,8 @@ def _bomb_loras(tiny_checkpoint: Path, folder: Path) -> list[str]:
 
     layer = next(key for key in tiny_lora_tensors(tiny_checkpoint) if key.startswith("lora_unet_")).split(".")[0]
     save_file({f"{layer}.lora_up.weight": torch.zeros(BIG, 1, dtype=torch.float16),
-               f"{layer}.lora_down.weight": torch.zeros(1, BIG, dtype=torch.float16)}, str(folder / "matmul.safetensors"))
+               f"{layer}.lora_down.weight": torch.zeros(1, BIG, dtype=torch.float16)},
+              str(folder / "matmul.safetensors"))
     save_file({f"{layer}.lokr_w1": torch.zeros(1024, 1024, dtype=torch.float16),
                f"{layer}.lokr_w2": torch.zeros(1024, 1024, dtype=torch.float16)}, str(folder / "lokr.safetensors"))
     torch.save({f"{layer}.lora_up.weight": torch.zeros(1).expand(BIG, BIG),
