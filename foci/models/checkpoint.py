@@ -24,6 +24,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from foci.models.latent import PLAYGROUND_V25_LATENT, SDXL_LATENT, LatentFormat
+from foci.models.tensor_guard import TensorSizeError, check_state_dict
 
 CONFIG_ROOT = Path(__file__).parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
@@ -186,6 +187,10 @@ def _torch_load(path: Path) -> dict[str, torch.Tensor]:
     tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise CorruptFileError(f"{path}: PyTorch file holds no tensors")
+    try:
+        check_state_dict(tensors)
+    except TensorSizeError as error:
+        raise CorruptFileError(f"{path}: {error}") from None
     return tensors
 
 
@@ -715,6 +720,9 @@ def load_vae(
         return _from_pretrained(AutoencoderKL, folder, None, device=device, dtype=dtype)
     name = str(path)
     shapes = read_tensor_shapes(path)
+    family = _unsupported_family(shapes)
+    if family is not None and "VAE" not in family:  # e.g. an SD1.x checkpoint: its VAE is not SDXL's latent space
+        raise CheckpointError(f"{name}: is {family}; expected a VAE file for SDXL")
     prefix = VAE_PREFIX if _has_prefix(shapes, VAE_PREFIX) else ""
     if _has_prefix(shapes, prefix + "encoder.down."):
         from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
@@ -728,9 +736,7 @@ def load_vae(
         config = _derive_diffusers_vae_config(shapes, template, name)
         converted = _rename_legacy_vae_attention(_read_tensors(path))
     else:
-        family = _unsupported_family(shapes)
-        what = f"is {family}" if family and "VAE" not in family else "has no VAE encoder/decoder tensors"
-        raise CheckpointError(f"{name}: {what}; expected a VAE file")
+        raise CheckpointError(f"{name}: has no VAE encoder/decoder tensors; expected a VAE file")
     return build_module(AutoencoderKL, config, converted, source=name, what="VAE", device=device, dtype=dtype)
 
 

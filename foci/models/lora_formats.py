@@ -10,6 +10,7 @@ The decompositions follow the published LyCORIS definitions; ``lora.py`` maps th
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,6 +18,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+from foci.models.tensor_guard import (
+    TensorSizeError,
+    check_backed_by_storage,
+    check_product,
+    flat_shape,
+    matmul_shape,
+)
 
 PatchKind = Literal["lora", "loha", "lokr", "glora", "diff", "fooocus"]
 LoraState = dict[str, "torch.Tensor | tuple"]
@@ -110,6 +119,10 @@ def _read_pickle(path: Path) -> LoraState:
     state: LoraState = {}
     for key, value in loaded.items():
         if isinstance(value, torch.Tensor):
+            try:
+                check_backed_by_storage(str(key), value)
+            except TensorSizeError as error:
+                raise LoraError(f"{path}: {error}") from None
             state[str(key)] = value
         elif isinstance(value, (tuple, list)):
             state[str(key)] = _fooocus_entry(path, str(key), value)
@@ -293,6 +306,47 @@ def _glora_delta(
     return delta, (alpha / rank if alpha is not None else 1.0)
 
 
+def _cp_shape(core: tuple[int, ...], right: tuple[int, ...], left: tuple[int, ...]) -> tuple[int, ...]:
+    return (flat_shape(left)[1], flat_shape(right)[1], *core[2:])
+
+
+def _product_elements(patch: Patch, weight: torch.Tensor) -> int:
+    """How many elements the patch's delta will have, from the factors' shapes alone (nothing is computed)."""
+    shapes = {role: tuple(value.shape) for role, value in patch.tensors.items()}
+    name = "/".join(patch.keys)
+    if patch.kind == "lora":
+        down = flat_shape(shapes["down"])
+        if "mid" in shapes:
+            mid = shapes["mid"]
+            down = (mid[0], down[1] * math.prod(mid[2:]))
+        return math.prod(matmul_shape(name, flat_shape(shapes["up"]), down))
+    if patch.kind == "loha":
+        if "t1" in shapes:
+            first = math.prod(_cp_shape(shapes["t1"], shapes["w1_b"], shapes["w1_a"]))
+            second = math.prod(_cp_shape(shapes["t2"], shapes["w2_b"], shapes["w2_a"]))
+        else:
+            first = math.prod(matmul_shape(name, flat_shape(shapes["w1_a"]), flat_shape(shapes["w1_b"])))
+            second = math.prod(matmul_shape(name, flat_shape(shapes["w2_a"]), flat_shape(shapes["w2_b"])))
+        check_product(name, first, weight.numel(), "the first LoHa product")
+        return second
+    if patch.kind == "lokr":
+        factors = []
+        for index in (1, 2):
+            if f"w{index}" in shapes:
+                factors.append(math.prod(shapes[f"w{index}"]))
+            elif f"t{index}" in shapes:
+                factors.append(math.prod(_cp_shape(shapes[f"t{index}"], shapes[f"w{index}_b"],
+                                                   shapes[f"w{index}_a"])))
+            else:
+                factors.append(math.prod(matmul_shape(name, flat_shape(shapes[f"w{index}_a"]),
+                                                      flat_shape(shapes[f"w{index}_b"]))))
+        return factors[0] * factors[1]
+    if patch.kind == "glora":
+        b1, b2 = flat_shape(shapes["b1"]), flat_shape(shapes["b2"])
+        return max(b1[0] * b2[1], b2[0] * b1[1])
+    return max(math.prod(shape) for shape in shapes.values())
+
+
 def patch_delta(patch: Patch, weight: torch.Tensor) -> tuple[torch.Tensor, float]:
     """``(delta, factor)`` of one patch for the float32 parameter ``weight`` (its current, partly patched value).
 
@@ -300,6 +354,15 @@ def patch_delta(patch: Patch, weight: torch.Tensor) -> tuple[torch.Tensor, float
     alpha). Tensors are moved to ``weight``'s device as float32. Raises :class:`LoraError` when the delta does not
     have as many elements as ``weight``.
     """
+    name = "/".join(patch.keys)
+    try:
+        for role, value in patch.tensors.items():
+            check_backed_by_storage(f"{name}.{role}", value)
+        elements = _product_elements(patch, weight)
+        if elements > weight.numel() or (patch.kind != "glora" and elements != weight.numel()):
+            check_product(name, elements, weight.numel(), f"the {patch.kind} product")
+    except TensorSizeError as error:
+        raise LoraError(str(error)) from None
     t = {role: value.to(device=weight.device, dtype=torch.float32) for role, value in patch.tensors.items()}
     if patch.kind == "lora":
         delta, factor = _lora_delta(t, patch.alpha)

@@ -11,10 +11,14 @@ from typing import Any, Literal
 
 import torch
 
+from foci.models.tensor_guard import TensorSizeError, check_backed_by_storage
+
 EncoderKey = Literal["clip_l", "clip_g"]
 EMBEDDING_EXTENSIONS: tuple[str, ...] = (".safetensors", ".pt", ".bin", ".pth")
 # Vector width of each SDXL text encoder; used to pick entries out of list-style embedding files.
 DEFAULT_EMBEDDING_SIZES: dict[str, int] = {"clip_l": 768, "clip_g": 1280}
+# More vectors than this cannot be a textual inversion: CLIP reads 75 tokens per chunk, prompts a few chunks.
+MAX_EMBEDDING_VECTORS = 75 * 8
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,20 @@ def _tensor_from_payload(payload: Any, encoder_key: str, embedding_size: int | N
                 if embedding_size is None or value.shape[-1] == embedding_size:
                     parts.append(value.reshape(-1, value.shape[-1]))
         return torch.cat(parts, dim=0) if parts else None
+    return None
+
+
+def _size_problem(tensor: torch.Tensor) -> str | None:
+    """Why an embedding tensor cannot be one for this encoder (checked from its shape, before any copy)."""
+    try:
+        check_backed_by_storage("embedding", tensor)
+    except TensorSizeError as error:
+        return str(error)
+    if tensor.dim() == 0:
+        return "it holds a single number, not vectors"
+    vectors = tensor.numel() // max(tensor.shape[-1], 1)  # the width is matched to the encoder by the caller
+    if vectors > MAX_EMBEDDING_VECTORS:
+        return f"it holds {vectors} vectors; at most {MAX_EMBEDDING_VECTORS} fit a prompt"
     return None
 
 
@@ -120,6 +138,10 @@ class EmbeddingLookup:
             return None
         if tensor is None:
             logger.warning("embedding file %s holds no usable tensor, skipping it", path)
+            return None
+        problem = _size_problem(tensor)
+        if problem is not None:
+            logger.warning("embedding %s (%s) refused: %s", name, path, problem)
             return None
         tensor = tensor.detach()
         return tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() != 2 else tensor

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 from pydantic import ValidationError
 
@@ -427,3 +428,119 @@ def test_a_failed_job_shows_the_advice_not_the_resolver_error(tmp_path: Path) ->
     http_error = urllib.error.HTTPError("https://huggingface.co/x", 404, "Not Found", None, None)  # type: ignore[arg-type]
     assert download_failure_message(http_error, url="https://huggingface.co/x", file_name="x",
                                     folder="models") == str(http_error)
+
+
+# ------------------------------------------------------------------------------------------ 7. model kinds
+def _sd15_text_encoder_file(path: Path) -> Path:
+    """A small file in the SD1.x checkpoint layout (CLIP text encoder under ``cond_stage_model.transformer.``)."""
+    from safetensors.torch import save_file
+
+    tensors = {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": torch.zeros(100, 32),
+               "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.ones(32),
+               "first_stage_model.encoder.conv_in.weight": torch.zeros(8, 3, 3, 3)}
+    save_file(tensors, str(path))
+    return path
+
+
+def test_a_file_of_another_kind_is_refused_as_vae_over_http(tmp_path: Path, tiny_models_dir: Path) -> None:
+    from foci.pipeline import Engine
+
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "checkpoints").symlink_to(tiny_models_dir / "checkpoints")
+    _sd15_text_encoder_file(models / "vae" / "sd15-clip.safetensors")
+    (models / "vae" / "notes.safetensors").write_text("just some text")
+    real = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                  accept_paths=False)
+    with run_api(tmp_path, real, settings=tiny_settings(models)) as api, \
+            httpx.Client(base_url=api.url, timeout=60) as client:
+        for vae, expected in (("sd15-clip.safetensors", "Stable Diffusion 1.x checkpoint; expected a VAE file"),
+                              ("notes.safetensors", "not a valid safetensors file")):
+            job = client.post("/v1/jobs", json={"task": {"prompt": "a cat", "vae": vae, "steps": 1, "styles": [],
+                                                         "image_number": 1, "aspect_ratio": "64*64",
+                                                         "base_model": "tiny-base.safetensors"}})
+            assert job.status_code == 201, job.text
+            final = wait_final(client, job.json()["id"], timeout=120)
+            assert final["state"] == "failed" and expected in final["error"], final["error"]
+            assert "\n" not in final["error"] and "Traceback" not in final["error"]
+        assert client.get("/v1/health").json()["status"] == "ok"
+
+
+def test_a_vae_approx_that_is_not_one_falls_back_to_plain_previews(tmp_path: Path) -> None:
+    from foci.models.vae_approx import VaeApproxError, load_vae_approx
+
+    stub = StubEngine(tmp_path / "out")
+    approx = stub.folders.download_folder("vae_approx")
+    approx.mkdir(parents=True)
+    (tmp_path / "notes.txt").write_text("a\nb\n")
+    (approx / "xlvaeapp.pth").symlink_to(tmp_path / "notes.txt")
+    with pytest.raises(VaeApproxError, match="not a readable torch file"):
+        load_vae_approx(approx / "xlvaeapp.pth")
+    with run_api(tmp_path, stub) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        job = client.post("/v1/jobs", json={"task": {"prompt": "a cat", "steps": 3, "styles": [], "image_number": 1,
+                                                     "aspect_ratio": "64*64"}})
+        assert wait_final(client, job.json()["id"])["state"] == "done"
+        assert client.get("/v1/health").json()["status"] == "ok"
+
+
+# ------------------------------------------------------------------------------------------ 6. memory bombs
+BIG = 1 << 20  # factors of this size multiply out to 2^40 elements (4 TiB in float32)
+
+
+def _bomb_loras(tiny_checkpoint: Path, folder: Path) -> list[str]:
+    """LoRA files whose factors are small on disk but whose products are enormous, aimed at a real tiny layer."""
+    from safetensors.torch import save_file
+
+    from tests.test_presets_e2e import tiny_lora_tensors
+
+    layer = next(key for key in tiny_lora_tensors(tiny_checkpoint) if key.startswith("lora_unet_")).split(".")[0]
+    save_file({f"{layer}.lora_up.weight": torch.zeros(BIG, 1, dtype=torch.float16),
+               f"{layer}.lora_down.weight": torch.zeros(1, BIG, dtype=torch.float16)},
+              str(folder / "matmul.safetensors"))
+    save_file({f"{layer}.lokr_w1": torch.zeros(1024, 1024, dtype=torch.float16),
+               f"{layer}.lokr_w2": torch.zeros(1024, 1024, dtype=torch.float16)}, str(folder / "lokr.safetensors"))
+    torch.save({f"{layer}.lora_up.weight": torch.zeros(1).expand(BIG, BIG),
+                f"{layer}.lora_down.weight": torch.zeros(1).expand(BIG, BIG)}, folder / "strided.pt")
+    return ["matmul.safetensors", "lokr.safetensors", "strided.pt"]
+
+
+def test_lora_bombs_are_refused_before_allocating_over_http(tmp_path: Path, tiny_models_dir: Path,
+                                                            tiny_checkpoint: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from foci.pipeline import Engine
+
+    models = tmp_path / "models"
+    (models / "loras").mkdir(parents=True)
+    (models / "checkpoints").symlink_to(tiny_models_dir / "checkpoints")
+    names = _bomb_loras(tiny_checkpoint, models / "loras")
+    real = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                  accept_paths=False)
+    with run_api(tmp_path, real, settings=tiny_settings(models)) as api, \
+            httpx.Client(base_url=api.url, timeout=60) as client:
+        for name in names:
+            job = client.post("/v1/jobs", json={"task": {"prompt": "a cat", "steps": 1, "styles": [], "image_number": 1,
+                                                         "aspect_ratio": "64*64", "loras": [{"name": name}],
+                                                         "base_model": "tiny-base.safetensors"}})
+            assert job.status_code == 201, job.text
+            final = wait_final(client, job.json()["id"], timeout=120)
+            assert final["state"] in ("done", "failed"), final
+            assert "alloc" not in (final["error"] or "")
+        assert client.get("/v1/health").json()["status"] == "ok"
+    refused = caplog.text
+    assert "does not fit the parameter" in refused and "refused before computing it" in refused
+    assert "stores only 1" in refused  # the zero-stride pickle, named by its tensor
+
+
+def test_pickled_zero_stride_tensors_are_refused_everywhere(tmp_path: Path) -> None:
+    from foci.models.checkpoint import CorruptFileError, read_tensor_shapes
+    from foci.text.embeddings import EmbeddingLookup
+
+    torch.save({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1).expand(BIG, BIG)},
+               tmp_path / "checkpoint.ckpt")
+    with pytest.raises(CorruptFileError, match="input_blocks.0.0.weight.*stores only 1"):
+        read_tensor_shapes(tmp_path / "checkpoint.ckpt")
+    torch.save({"clip_l": torch.zeros(1).expand(BIG, 768), "clip_g": torch.zeros(4, 1280)}, tmp_path / "bomb.pt")
+    torch.save({"clip_l": torch.zeros(10_000, 768)}, tmp_path / "long.pt")
+    lookup = EmbeddingLookup([tmp_path])
+    assert lookup.get("bomb", "clip_l") is None and lookup.get("bomb", "clip_g").shape == (4, 1280)
+    assert lookup.get("long", "clip_l") is None
