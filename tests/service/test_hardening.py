@@ -443,7 +443,7 @@ def _sd15_text_encoder_file(path: Path) -> Path:
 
 
 def test_a_file_of_another_kind_is_refused_as_vae_over_http(tmp_path: Path, tiny_models_dir: Path) -> None:
-    from foci.pipeline import Engine
+    from foci.engine.engine import Engine
 
     models = tmp_path / "models"
     (models / "vae").mkdir(parents=True)
@@ -491,7 +491,7 @@ def _bomb_loras(tiny_checkpoint: Path, folder: Path) -> list[str]:
     """LoRA files whose factors are small on disk but whose products are enormous, aimed at a real tiny layer."""
     from safetensors.torch import save_file
 
-    from tests.test_presets_e2e import tiny_lora_tensors
+    from tests.engine.test_presets_e2e import tiny_lora_tensors
 
     layer = next(key for key in tiny_lora_tensors(tiny_checkpoint) if key.startswith("lora_unet_")).split(".")[0]
     save_file({f"{layer}.lora_up.weight": torch.zeros(BIG, 1, dtype=torch.float16),
@@ -507,7 +507,7 @@ def _bomb_loras(tiny_checkpoint: Path, folder: Path) -> list[str]:
 def test_lora_bombs_are_refused_before_allocating_over_http(tmp_path: Path, tiny_models_dir: Path,
                                                             tiny_checkpoint: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    from foci.pipeline import Engine
+    from foci.engine.engine import Engine
 
     models = tmp_path / "models"
     (models / "loras").mkdir(parents=True)
