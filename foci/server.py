@@ -74,7 +74,7 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     if recovered:
         _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
     bus = EventBus()
-    webhooks = WebhookDispatcher()
+    webhooks = WebhookDispatcher(allow=settings.webhook_allow)
     worker = WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
                          for index, engine in enumerate(engines)])
     engine = engines[0]  # folders, output dir and models list are the same for every device
