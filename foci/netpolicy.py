@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +31,16 @@ class AddressRefused(ValueError):
     """A URL Foci may not request: not http(s), no host, an unresolvable host or a refused address."""
 
 
+class UnresolvableHost(AddressRefused):
+    """The host name does not resolve (now)."""
+
+
 def resolve_host(host: str, port: int) -> list[str]:
     """Every address `host` resolves to (what a connection to it would try), as text."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, UnicodeError) as error:
-        raise AddressRefused(f"cannot resolve host {host!r}: {error}") from None
+        raise UnresolvableHost(f"cannot resolve host {host!r}: {error}") from None
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -161,9 +164,4 @@ def open_url(request: urllib.request.Request, policy: AddressPolicy, *, timeout:
              max_redirects: int = DEFAULT_MAX_REDIRECTS) -> Any:
     """Open `request` after checking its URL, checking every redirect too; raises :class:`AddressRefused`."""
     policy.check(request.full_url)
-    try:
-        return build_opener(policy, max_redirects=max_redirects).open(request, timeout=timeout)
-    except urllib.error.URLError as error:
-        if isinstance(error.reason, AddressRefused):
-            raise error.reason from None
-        raise
+    return build_opener(policy, max_redirects=max_redirects).open(request, timeout=timeout)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from foci import __version__
-from foci.netpolicy import AddressPolicy, AddressRefused, open_url
+from foci.netpolicy import AddressPolicy, AddressRefused, UnresolvableHost, open_url
 
 if TYPE_CHECKING:
     from foci.service.jobs import Job
@@ -54,11 +54,12 @@ def validate_webhook_url(url: str) -> str:
 def check_webhook_target(url: str, allow: Sequence[str] = ()) -> str:
     """Return ``url`` if a delivery there is allowed now (see the module docstring); else raise
     :class:`WebhookError`. A host that does not resolve yet is accepted: delivery checks again."""
+    url = validate_webhook_url(url)
     try:
-        return AddressPolicy(allow=tuple(allow)).check(validate_webhook_url(url))
+        return AddressPolicy(allow=tuple(allow)).check(url)
+    except UnresolvableHost:
+        return url
     except AddressRefused as error:
-        if str(error).startswith("cannot resolve host"):
-            return url.strip()
         raise WebhookError(f"webhook_url refused: {error}") from None
 
 
