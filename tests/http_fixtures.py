@@ -31,6 +31,8 @@ class Fault:
     ignore_range: bool = False  # answer 200 with the whole file even when a Range was asked
     corrupt: bool = False  # flip every byte of the body
     redirect: str | None = None  # answer 302 with this Location (a path on this server or a URL)
+    content_range: str | None = None  # on a 206 answer, send this Content-Range header instead of the true one
+    body: bytes | None = None  # answer 200 with these bytes instead of the file (e.g. an HTML error page)
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,9 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
             if fault.status is not None:
                 self._reply(fault.status, f"injected {fault.status}\n".encode(), {}, send_body)
                 return
+            if fault.body is not None:
+                self._reply(200, fault.body, {}, send_body)
+                return
             if data is None:
                 self._reply(404, b"not found\n", {}, send_body)
                 return
@@ -158,7 +163,7 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
                 body = bytes(b ^ 0xFF for b in body)
             headers = {"Content-Length": str(len(body)), "Accept-Ranges": "bytes"}
             if status == 206:
-                headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+                headers["Content-Range"] = fault.content_range or f"bytes {start}-{end - 1}/{len(data)}"
             if fault.drop_after is not None:
                 body = body[:fault.drop_after]
             self._reply(status, body, headers, send_body, content_length_set=True)

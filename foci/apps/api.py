@@ -32,7 +32,7 @@ from foci.service.admission import check_model_names
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
 from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError
-from foci.service.webhooks import validate_webhook_url
+from foci.service.webhooks import WebhookError, check_webhook_target, validate_webhook_url
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets
 from foci.settings.performance import Performance, performance_lora_names
@@ -556,6 +556,11 @@ def _add_job_routes(router: APIRouter, context: ApiContext) -> None:
     def submit_job(submission: JobSubmission) -> JSONResponse:
         fields = submission.task.model_dump(exclude_unset=True)
         task = context.build_task(fields, context.settings.task_defaults())
+        if submission.webhook_url is not None:
+            try:
+                check_webhook_target(submission.webhook_url, context.settings.webhook_allow)
+            except WebhookError as error:
+                raise HTTPException(422, str(error)) from None
         try:
             job = store.submit(task, priority=submission.priority, webhook_url=submission.webhook_url)
         except JobError as error:

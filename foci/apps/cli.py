@@ -135,10 +135,12 @@ def _engine(args: argparse.Namespace, settings, root: Path):
     catalogue_file = os.environ.get("FOCI_CATALOGUE")
     downloader = Downloader(mirror=getattr(args, "hf_mirror", None), offline=getattr(args, "offline", False),
                             mirrors=parse_mirrors(" ".join(getattr(args, "mirror", []))),
-                            progress=tqdm_progress(file=sys.stderr, disable=getattr(args, "quiet", False)))
+                            progress=tqdm_progress(file=sys.stderr, disable=getattr(args, "quiet", False)),
+                            known_sha256=settings.model_sha256)
     engine = Engine.from_settings(settings, root=root, device=getattr(args, "device", "auto"),
                                   precision=getattr(args, "precision", "auto"), downloader=downloader,
                                   models_dir=Path(args.models_dir) if args.models_dir else None)
+    downloader.hash_cache = engine.hash_cache  # pins (trust on first use) live next to the cached hashes
     engine.catalogue = load_catalogue(Path(catalogue_file)) if catalogue_file else None
     if getattr(args, "output_dir", None):
         engine.output_dir = Path(args.output_dir)
@@ -266,6 +268,8 @@ def _run_models(args: argparse.Namespace) -> int:
             for relative in folders.list_files(kind):
                 print(f"{kind}\t{relative.as_posix()}")
         return 0
+    if args.models_command == "pin":
+        return _pin_model(engine, args.name, args.sha256)
     if args.models_command == "download":
         names = list(args.names)
         if args.preset_files:
@@ -277,10 +281,40 @@ def _run_models(args: argparse.Namespace) -> int:
         return 0
     cache = HashCache(engine.hash_cache.cache_file)
     bad = 0
-    for path, status in verify_files(folders, engine.catalogue, cache):
+    for path, status in verify_files(folders, engine.catalogue, cache, known=settings.model_sha256):
         print(f"{status}\t{path}")
         bad += status.startswith("corrupt")
     return 1 if bad else 0
+
+
+def _pin_model(engine, name: str, sha256: str | None) -> int:
+    """``foci models pin NAME [SHA256]``: the SHA-256 a catalogue file must have from now on (default: the hash
+    of the file present now)."""
+    import re
+
+    from foci.downloads import load_catalogue
+    from foci.hash_cache import PINNED
+
+    catalogue = engine.catalogue if engine.catalogue is not None else load_catalogue()
+    if name not in catalogue:
+        raise CliError(f"unknown model file {name!r}: not in the catalogue")
+    entry = catalogue[name]
+    if sha256 is None:
+        path = engine.folders.find(entry.folder, entry.file_name)
+        if path is None:
+            raise CliError(f"{name} is in no {entry.folder} folder; give the SHA-256 to pin: "
+                           f"foci models pin {name} SHA256")
+        sha256 = engine.hash_cache.sha256(path)
+    sha256 = sha256.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise CliError(f"{sha256!r} is not a SHA-256 (64 hex digits)")
+    known, source = engine.downloader.expected_sha256(entry) if engine.downloader else (None, "")
+    if known is not None and known != sha256 and source not in ("first download", PINNED):
+        print(f"foci: warning: the {source} names sha256 {known} for {name}, which takes precedence over a pin",
+              file=sys.stderr)
+    engine.hash_cache.pin(name, sha256, PINNED)
+    print(f"pinned {name} sha256 {sha256}")
+    return 0
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -378,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="list, download or verify model files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     for name, text in (("list", "model files found, by kind"), ("download", "download catalogue files"),
-                       ("verify", "re-hash files and report corrupt ones")):
+                       ("verify", "re-hash files and report corrupt ones"),
+                       ("pin", "fix the SHA-256 a catalogue file must have (default: the file's present hash)")):
         command = models_sub.add_parser(name, help=text)
         _add_settings_options(command)
         _add_download_options(command)
@@ -386,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("names", nargs="*", help="catalogue names (see foci/catalogue.json)")
             command.add_argument("--for-preset", dest="preset_files", default=None,
                                  help="everything a preset needs for text-to-image")
+        if name == "pin":
+            command.add_argument("name", help="catalogue name (see foci/catalogue.json)")
+            command.add_argument("sha256", nargs="?", default=None, help="64 hex digits (default: hash the file)")
     server = sub.add_parser("serve", help="run the web UI and REST API (the default without a command)")
     _add_settings_options(server)
     _add_download_options(server)

@@ -1,8 +1,14 @@
 """The Foci service: one app with the REST API (``/v1``, ``/docs``), the web UI (``/``) and ``/history``,
-sharing one job store, event bus and worker. ``foci`` (no arguments) or ``foci serve`` runs it."""
+sharing one job store, event bus and worker. ``foci`` (no arguments) or ``foci serve`` runs it.
+
+With credentials configured, one guard in front of the whole app checks every HTTP request and websocket the same
+way (``Authorization: Bearer <key>``, ``X-API-Key: <key>``, ``Authorization: Basic <user:password>`` or
+``<any name:key>``); only the API reference (``/docs``, ``/openapi.json``) is public. A browser gets the standard
+HTTP login prompt."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -10,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from foci.apps.api import create_app
 from foci.apps.webui import build_ui, mount_ui
@@ -26,6 +32,7 @@ from foci.settings.config import FociSettings
 _log = logging.getLogger(__name__)
 DEFAULT_PORT = 7865
 JOBS_FILE = "jobs.sqlite3"
+PUBLIC_PATHS = frozenset({"/docs", "/openapi.json"})
 
 
 def quiet_environment() -> None:
@@ -77,7 +84,7 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     if recovered:
         _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
     bus = EventBus()
-    webhooks = WebhookDispatcher()
+    webhooks = WebhookDispatcher(allow=settings.webhook_allow)
     worker = WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
                          for index, engine in enumerate(engines)])
     engine = engines[0]  # folders, output dir and models list are the same for every device
@@ -85,27 +92,38 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
                      output_dir=engine.output_dir, root=root)
     blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=settings,
                       output_dir=engine.output_dir, defaults=ui_defaults, root=root, preset=preset)
-    options: dict[str, Any] = {}
-    dependencies: list[Any] = []
+    mount_ui(app, blocks, "/")
     if auth.enabled:
-        def login(user: str, password: str) -> bool:  # a user/password, or any name with an API key as password
-            return bool(auth.check_user(user, password) or auth.check_key(password))
-
-        options["auth"] = login
-        dependencies.append(Depends(_history_guard(auth)))
-    mount_ui(app, blocks, "/", history_dependencies=dependencies, **options)
+        app.add_middleware(CredentialGuard, auth=auth)
     return Service(app, store, bus, worker, list(engines), webhooks)
 
 
-def _history_guard(auth: AuthConfig):
-    from fastapi import HTTPException, Request
+class CredentialGuard:
+    """ASGI middleware: every HTTP request and websocket outside :data:`PUBLIC_PATHS` needs credentials that
+    ``auth`` accepts; others get 401 (a websocket is closed with 1008, policy violation)."""
 
-    def guard(request: Request) -> None:
-        if auth.authenticate(request.headers) is None:
-            raise HTTPException(401, "missing or invalid credentials",
-                                headers={"WWW-Authenticate": 'Basic realm="foci"'})
+    def __init__(self, app: Any, auth: AuthConfig) -> None:
+        self.app = app
+        self.auth = auth
 
-    return guard
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        import anyio.to_thread
+
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope.get("headers", [])}
+        # a password check may run scrypt: off the event loop
+        if await anyio.to_thread.run_sync(self.auth.authenticate, headers) is not None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+        else:
+            body = json.dumps({"detail": "missing or invalid credentials"}, separators=(",", ":")).encode()
+            await send({"type": "http.response.start", "status": 401, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b'Basic realm="foci", Bearer realm="foci"')]})
+            await send({"type": "http.response.body", "body": body})
 
 
 def serve(service: Service, *, host: str, port: int, open_browser: bool) -> None:

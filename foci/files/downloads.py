@@ -1,9 +1,16 @@
 """Models on demand: the file catalogue (§2.24) and verified, resumable downloads over plain HTTP(S).
 
 Only the standard library talks to the network (`urllib.request`): Hugging Face `resolve` URLs and GitHub release
-assets are ordinary redirects to a CDN. A download streams into `<file>.part`, resumes with an HTTP `Range`
-request after a dropped connection, retries transient failures with exponential backoff, checks size and SHA-256
-and only then moves the file into place with `os.replace`, so a model path never holds a partial file.
+assets are ordinary redirects to a CDN. Redirects are followed only to http(s) URLs, at most `max_redirects`, and
+only to public addresses unless the host is the one the catalogue URL or the configured mirror names
+(:mod:`foci.files.netpolicy`). A download streams into `<file>.part`, resumes with an HTTP `Range` request after a
+dropped connection (restarting from zero when the server's `Content-Range` does not continue the `.part` file or
+announces another total), retries transient failures with exponential backoff, checks size, SHA-256 and content
+(:mod:`foci.models.content`) and only then moves the file into place with `os.replace`, so a model path never
+holds a partial or unverified file.
+
+The expected SHA-256 of a file is the first of: the config's `model_sha256`, the catalogue's `sha256`, and the
+pin in the hash cache (`foci models pin`, or the hash seen on the file's first download: trust on first use).
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from foci.files.folders import MODEL_KINDS, ModelFolders
+from foci.files.netpolicy import DEFAULT_MAX_REDIRECTS, AddressPolicy, AddressRefused, open_url
 
 if TYPE_CHECKING:
     from foci.files.hash_cache import HashCache
@@ -232,10 +241,13 @@ class _Restart(Exception):
 
 @dataclass
 class _PartState:
-    """Bytes in the .part file and the running SHA-256 over them."""
+    """Bytes in the .part file, the running SHA-256 over them, the total size the server announced first and
+    the URL that served the last response."""
 
     length: int
     digest: Any
+    total: int | None = None
+    served_by: str = ""
 
 
 ProgressCallback = Callable[[DownloadProgress], None]
@@ -248,12 +260,16 @@ class Downloader:
                  backoff: float = 1.0, progress: ProgressCallback | None = None, chunk_size: int = 1 << 20,
                  environ: Mapping[str, str] | None = None, hash_cache: HashCache | None = None,
                  sleep: Callable[[float], None] = time.sleep, user_agent: str | None = None,
-                 mirrors: Mapping[str, str] | None = None) -> None:
+                 known_sha256: Mapping[str, str] | None = None, address_policy: AddressPolicy | None = None,
+                 max_redirects: int = DEFAULT_MAX_REDIRECTS, mirrors: Mapping[str, str] | None = None) -> None:
         """`mirror` replaces `https://huggingface.co` in every URL; when None it is read from `HF_MIRROR` or
         `HF_ENDPOINT` in `environ` (default: the process environment at construction). `mirrors` maps any other
         origin (e.g. `https://raw.githubusercontent.com`) to a replacement base URL; `FOCI_MIRRORS` in `environ`
         adds more as `ORIGIN=URL` pairs separated by spaces or commas. `retries` is the number of extra attempts
         after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds.
+        `known_sha256` (catalogue name → SHA-256, the config's `model_sha256`) overrides the catalogue's hashes;
+        `hash_cache` holds the pins (trust on first use). Redirects obey `address_policy` (default: public
+        addresses only, plus the host of each catalogue URL and of the mirror).
         """
         if retries < 0 or timeout <= 0 or backoff < 0 or chunk_size <= 0:
             raise ValueError("Downloader: retries and backoff must be >= 0, timeout and chunk_size > 0")
@@ -273,13 +289,15 @@ class Downloader:
         self.progress = progress
         self.chunk_size = chunk_size
         self.hash_cache = hash_cache
+        self.known_sha256 = dict(known_sha256 or {})
+        self.address_policy = address_policy or AddressPolicy()
+        self.max_redirects = max_redirects
         self._sleep = sleep
         if user_agent is None:
             from foci import __version__
 
             user_agent = f"foci/{__version__}"
         self._user_agent = user_agent
-        self._opener = urllib.request.build_opener()
         self._locks: dict[Path, threading.Lock] = {}
         self._locks_guard = threading.Lock()
 
@@ -289,6 +307,18 @@ class Downloader:
             if url == origin or url.startswith(origin + "/"):
                 return base + url[len(origin):]
         return url
+
+    def expected_sha256(self, entry: CatalogueEntry) -> tuple[str | None, str]:
+        """`(sha256, where it comes from)` for `entry`: config, catalogue, pin or first download; `(None, "")`."""
+        known = self.known_sha256.get(entry.name)
+        if known:
+            return known.lower(), "config model_sha256"
+        if entry.sha256 is not None:
+            return entry.sha256, "catalogue"
+        pin = self.hash_cache.pinned(entry.name) if self.hash_cache is not None else None
+        if pin is not None:
+            return pin.sha256, pin.source
+        return None, ""
 
     def fetch(self, entry: CatalogueEntry, folder: str | Path) -> Path:
         """Make `entry` present in `folder` and return its path; see the module docstring for the guarantees.
@@ -348,15 +378,17 @@ class Downloader:
         size = path.stat().st_size
         if entry.size is not None and size != entry.size:
             return f"size {size} bytes, expected {entry.size}"
-        if entry.sha256 is not None:
+        expected, source = self.expected_sha256(entry)
+        if expected is not None:
             if self.hash_cache is not None:
                 digest = self.hash_cache.sha256(path)
             else:
                 from foci.files.hashing import sha256_file
 
                 digest = sha256_file(path)
-            if digest != entry.sha256:
-                return f"sha256 {digest}, expected {entry.sha256}"
+            if digest != expected:
+                logger.error("%s: sha256 %s differs from the %s sha256 %s", path, digest, source, expected)
+                return f"sha256 {digest}, expected {expected} ({source})"
         return None
 
     def _emit(self, name: str, downloaded: int, total: int | None, done: bool) -> None:
@@ -407,8 +439,11 @@ class Downloader:
         request = urllib.request.Request(url, headers={"User-Agent": self._user_agent, "Accept-Encoding": "identity"})
         if offset:
             request.add_header("Range", f"bytes={offset}-")
+        policy = self.address_policy.allowing(urlsplit(url).hostname or "", urlsplit(self.mirror or "").hostname or "")
         try:
-            response = self._opener.open(request, timeout=self.timeout)
+            response = open_url(request, policy, timeout=self.timeout, max_redirects=self.max_redirects)
+        except AddressRefused as exc:
+            raise DownloadError(f"refused to download {entry.name} from {url}: {exc}") from exc
         except urllib.error.HTTPError as exc:
             exc.close()
             if exc.code == 416 and offset:
@@ -425,20 +460,22 @@ class Downloader:
             raise _Transient(f"cannot connect: {reason or type(reason).__name__}") from exc
         with response:
             status = response.status
+            state.served_by = response.geturl()
             if offset and status == 200:
                 logger.info("%s: server ignored the resume request; starting again from zero", entry.name)
                 offset, state.length, state.digest = 0, 0, hashlib.sha256()
                 self._emit(entry.name, 0, entry.size, False)
             elif status == 206:
-                start, _end, total = _content_range(response.headers.get("Content-Range"))
-                if start != offset:
-                    raise _Restart(f"server resumed at byte {start}, not {offset}")
+                problem = _resume_problem(response, offset, entry.size or state.total)
+                if problem is not None:
+                    raise _Restart(f"{problem} ({state.served_by})")
             elif status != 200:
                 raise DownloadError(f"unexpected HTTP {status} for {entry.name} from {url}")
-            total = self._total(entry, response, offset)
+            total = self._total(entry, response, offset, state)
             self._stream(entry, response, part, offset, total, state)
 
-    def _total(self, entry: CatalogueEntry, response: http.client.HTTPResponse, offset: int) -> int | None:
+    def _total(self, entry: CatalogueEntry, response: http.client.HTTPResponse, offset: int,
+               state: _PartState) -> int | None:
         total: int | None = None
         if response.status == 206:
             total = _content_range(response.headers.get("Content-Range"))[2]
@@ -448,7 +485,10 @@ class Downloader:
         if total is not None and entry.size is not None and total != entry.size:
             raise DownloadError(f"server reports {total} bytes for {entry.name}, the catalogue expects {entry.size}: "
                                 f"wrong file or mirror ({response.url})")
-        return total if total is not None else entry.size
+        total = total if total is not None else entry.size
+        if response.status == 200 and offset == 0:
+            state.total = total
+        return total
 
     def _stream(self, entry: CatalogueEntry, response: http.client.HTTPResponse, part: Path, offset: int,
                 total: int | None, state: _PartState) -> None:
@@ -483,21 +523,46 @@ class Downloader:
             raise _Transient(f"connection closed after {state.length} of {total} bytes")
 
     def _finish(self, entry: CatalogueEntry, url: str, part: Path, final: Path, state: _PartState) -> Path:
+        source_url = state.served_by or url
         if entry.size is not None and state.length != entry.size:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"size mismatch for {entry.name} from {url}: expected {entry.size} bytes, got "
-                                f"{state.length}; the download was deleted")
+            raise DownloadError(f"size mismatch for {entry.name} from {source_url}: expected {entry.size} bytes, "
+                                f"got {state.length}; the download was deleted")
         digest = state.digest.hexdigest()
         logger.info("%s: sha256 %s (%d bytes)", entry.name, digest, state.length)
-        if entry.sha256 is not None and digest != entry.sha256:
+        expected, source = self.expected_sha256(entry)
+        if expected is not None and digest != expected:
             part.unlink(missing_ok=True)
-            raise DownloadError(f"checksum mismatch for {entry.name} from {url}: expected sha256 {entry.sha256}, "
-                                f"got {digest}; the download was deleted")
+            hint = (f"; if the new file is intended, run `foci models pin {entry.name} {digest}`"
+                    if source in ("first download", "pinned") else "")
+            message = (f"checksum mismatch for {entry.name} from {source_url}: expected sha256 {expected} "
+                       f"({source}), got {digest}; the download was deleted{hint}")
+            logger.error("%s", message)
+            raise DownloadError(message)
+        self._check_content(entry, part, source_url)
         os.replace(part, final)
         if self.hash_cache is not None:
             self.hash_cache.record(final, digest)
+            if expected is None:
+                from foci.files.hash_cache import FIRST_DOWNLOAD
+
+                self.hash_cache.pin(entry.name, digest, FIRST_DOWNLOAD)
+                logger.info("%s: pinned sha256 %s (first download)", entry.name, digest)
         self._emit(entry.name, state.length, state.length, True)
         return final
+
+    def _check_content(self, entry: CatalogueEntry, part: Path, source_url: str) -> None:
+        """Delete the download and raise DownloadError unless it is what its name and kind say it is."""
+        from foci.models.content import ContentError, check_model_file
+
+        try:
+            check_model_file(part, entry.file_name, entry.folder)
+        except ContentError as error:
+            part.unlink(missing_ok=True)
+            message = (f"{entry.name} from {source_url} is not a valid {entry.folder} file: {error}; "
+                       "the download was deleted")
+            logger.error("%s", message)
+            raise DownloadError(message) from None
 
 
 def missing_files(names: Sequence[str], folders: ModelFolders,
@@ -583,6 +648,24 @@ def _content_range(header: str | None) -> tuple[int | None, int | None, int | No
     start, end, total = match.groups()
     return (int(start) if start else None, int(end) if end else None,
             int(total) if total and total != "*" else None)
+
+
+def _resume_problem(response: http.client.HTTPResponse, offset: int, expected_total: int | None) -> str | None:
+    """Why a 206 answer does not continue a `.part` file of `offset` bytes, or None when it does."""
+    header = response.headers.get("Content-Range")
+    start, end, total = _content_range(header)
+    if start != offset:
+        return f"server resumed at byte {start}, not {offset} (Content-Range {header!r})"
+    if total is None:
+        return f"server announced no total size (Content-Range {header!r})"
+    if expected_total is not None and total != expected_total:
+        return f"server announced a total of {total} bytes, not {expected_total} (Content-Range {header!r})"
+    if end is not None and end != total - 1:
+        return f"server sent a range ending at byte {end}, not at the end of the file (Content-Range {header!r})"
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and int(length) != total - offset:
+        return f"server sent {length} bytes for a range of {total - offset}"
+    return None
 
 
 def _hash_prefix(path: Path, length: int) -> Any:

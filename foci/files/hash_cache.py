@@ -1,4 +1,5 @@
-"""SHA-256 of model files cached on disk, `foci models verify`, and renaming corrupt files (§1.14, §2.21)."""
+"""SHA-256 of model files cached on disk, pinned SHA-256 per catalogue name, `foci models verify`, and renaming
+corrupt files (§1.14, §2.21)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from foci.files.downloads import CatalogueEntry, load_catalogue
@@ -19,10 +21,22 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 DEFAULT_CACHE_NAME = ".foci_hashes.json"
+FIRST_DOWNLOAD = "first download"
+PINNED = "pinned"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """The SHA-256 a catalogue file must have: seen on its first download (trust on first use) or set by the user
+    (`foci models pin`)."""
+
+    sha256: str
+    source: str  # FIRST_DOWNLOAD or PINNED
 
 
 class HashCache:
-    """SHA-256 per file, stored in a JSON file keyed by resolved path and valid while size and mtime_ns match.
+    """SHA-256 per file, stored in a JSON file keyed by resolved path and valid while size and mtime_ns match;
+    and the pinned SHA-256 per catalogue name (see :class:`Pin`).
 
     Safe to share between threads; every update rewrites the file atomically (temporary file + `os.replace`),
     merging entries another process may have written meanwhile. An unreadable cache file is ignored (rebuilt).
@@ -31,7 +45,7 @@ class HashCache:
     def __init__(self, cache_file: str | Path) -> None:
         self.cache_file = Path(cache_file)
         self._lock = threading.Lock()
-        self._entries: dict[str, dict[str, object]] = self._read()
+        self._entries, self._pins = self._read()
 
     def sha256(self, path: str | Path) -> str:
         """Hex SHA-256 of `path`, from the cache when the file is unchanged, else computed and stored."""
@@ -55,6 +69,23 @@ class HashCache:
         key, size, mtime_ns = _identity(path)
         self._store(key, size, mtime_ns, sha256)
 
+    def pinned(self, name: str) -> Pin | None:
+        """The pinned SHA-256 of catalogue file `name`, if any."""
+        with self._lock:
+            self._pins.update(self._read()[1])
+            raw = self._pins.get(name)
+        return Pin(str(raw["sha256"]), str(raw.get("source", PINNED))) if raw is not None else None
+
+    def pin(self, name: str, sha256: str, source: str = PINNED) -> None:
+        """Pin catalogue file `name` to `sha256` (replacing an earlier pin)."""
+        with self._lock:
+            entries, pins = self._read()
+            entries.update(self._entries)
+            pins.update(self._pins)
+            pins[name] = {"sha256": sha256, "source": source}
+            self._entries, self._pins = entries, pins
+            self._write(entries, pins)
+
     def sha256_many(self, paths: Iterable[str | Path], *, workers: int = 1) -> dict[Path, str]:
         """Hashes of many files with `workers` threads (`--rebuild-hash-cache [THREADS]`)."""
         unique = list(dict.fromkeys(Path(p) for p in paths))
@@ -63,34 +94,36 @@ class HashCache:
 
     def _store(self, key: str, size: int, mtime_ns: int, sha256: str) -> None:
         with self._lock:
-            entries = self._read()
+            entries, pins = self._read()
             entries.update(self._entries)
+            pins.update(self._pins)
             entries[key] = {"size": size, "mtime_ns": mtime_ns, "sha256": sha256}
-            self._entries = entries
-            self._write(entries)
+            self._entries, self._pins = entries, pins
+            self._write(entries, pins)
 
-    def _read(self) -> dict[str, dict[str, object]]:
+    def _read(self) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, object]]]:
         try:
             document = json.loads(self.cache_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            return {}, {}
         except (OSError, ValueError) as exc:
             logger.warning("ignoring unreadable hash cache %s: %s", self.cache_file, exc)
-            return {}
+            return {}, {}
         entries = document.get("files") if isinstance(document, dict) else None
         if not isinstance(entries, dict) or document.get("format") != CACHE_FORMAT:
             logger.warning("ignoring hash cache %s of an unknown format", self.cache_file)
-            return {}
-        return {key: value for key, value in entries.items()
-                if isinstance(value, dict) and isinstance(value.get("sha256"), str)}
+            return {}, {}
+        pins = document.get("pins")
+        return (_valid(entries), _valid(pins) if isinstance(pins, dict) else {})
 
-    def _write(self, entries: Mapping[str, object]) -> None:
+    def _write(self, entries: Mapping[str, object], pins: Mapping[str, object]) -> None:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=self.cache_file.name + ".", suffix=".tmp",
                                              dir=self.cache_file.parent)
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as stream:
-                json.dump({"format": CACHE_FORMAT, "files": dict(sorted(entries.items()))}, stream, indent=1)
+                json.dump({"format": CACHE_FORMAT, "files": dict(sorted(entries.items())),
+                           "pins": dict(sorted(pins.items()))}, stream, indent=1)
             os.replace(temporary, self.cache_file)
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
@@ -98,13 +131,19 @@ class HashCache:
 
 
 def verify_files(folders: ModelFolders, catalogue: Mapping[str, CatalogueEntry] | None = None,
-                 cache: HashCache | None = None) -> list[tuple[Path, str]]:
+                 cache: HashCache | None = None, known: Mapping[str, str] | None = None) -> list[tuple[Path, str]]:
     """Check every catalogue file present in any model folder: `(path, status)` with status "ok",
     "corrupt: expected … got …" (size or SHA-256) or "unknown hash" (right size, no reference SHA-256).
+
+    The reference SHA-256 is the first of `known` (the config's `model_sha256`), the catalogue's and the pin in
+    `cache`.
     """
     catalogue = load_catalogue() if catalogue is None else catalogue
+    known = known or {}
     results: list[tuple[Path, str]] = []
     for entry in catalogue.values():
+        pin = cache.pinned(entry.name) if cache is not None else None
+        expected = known.get(entry.name) or entry.sha256 or (pin.sha256 if pin is not None else None)
         for folder in folders.folders(entry.folder):
             path = folder / entry.file_name
             if not path.is_file():
@@ -112,11 +151,11 @@ def verify_files(folders: ModelFolders, catalogue: Mapping[str, CatalogueEntry] 
             size = path.stat().st_size
             if entry.size is not None and size != entry.size:
                 results.append((path, f"corrupt: expected {entry.size} bytes got {size}"))
-            elif entry.sha256 is None:
+            elif expected is None:
                 results.append((path, "unknown hash"))
             else:
                 digest = cache.sha256(path) if cache is not None else sha256_file(path)
-                status = "ok" if digest == entry.sha256 else f"corrupt: expected sha256 {entry.sha256} got {digest}"
+                status = "ok" if digest == expected else f"corrupt: expected sha256 {expected} got {digest}"
                 results.append((path, status))
     return results
 
@@ -127,6 +166,11 @@ def mark_corrupted(path: str | Path) -> Path:
     target = path.with_name(path.name + ".corrupted")
     os.replace(path, target)
     return target
+
+
+def _valid(entries: Mapping[str, object]) -> dict[str, dict[str, object]]:
+    return {key: value for key, value in entries.items()
+            if isinstance(value, dict) and isinstance(value.get("sha256"), str)}
 
 
 def _identity(path: str | Path) -> tuple[str, int, int]:

@@ -206,11 +206,14 @@ def _file_kind(path: Path) -> Literal["safetensors", "pickle"]:
     )
 
 
-def read_tensor_shapes(path: str | Path) -> Shapes:
-    """Tensor names → shapes of a model file (only the header is read for safetensors)."""
+def read_tensor_shapes(path: str | Path, file_format: Literal["safetensors", "pickle"] | None = None) -> Shapes:
+    """Tensor names → shapes of a model file (only the header is read for safetensors).
+
+    The format follows the file name's suffix unless ``file_format`` names it (e.g. for a ``.part`` download).
+    """
     path = Path(path)
     _check_file(path)
-    if _file_kind(path) == "safetensors":
+    if (file_format or _file_kind(path)) == "safetensors":
         header = _read_safetensors_header(path)
         return {k: tuple(int(d) for d in v["shape"]) for k, v in header.items() if k != "__metadata__"}
     return {k: tuple(v.shape) for k, v in _torch_load(path).items()}

@@ -1,11 +1,16 @@
-"""API credentials: salted SHA-256 API keys and user passwords in a small JSON file.
+"""API credentials: API keys and user passwords in a small JSON file.
 
 The file looks like::
 
     {"api_keys": [{"name": "ci", "salt": "…", "sha256": "…"}],
-     "users":    [{"user": "ana", "salt": "…", "sha256": "…"}]}
+     "users":    [{"user": "ana", "kdf": "scrypt", "n": 16384, "r": 8, "p": 1, "salt": "…", "hash": "…"}]}
 
-``sha256`` is the hex SHA-256 of ``salt + secret`` (both UTF-8). Secrets themselves are never stored.
+An API key's ``sha256`` is the hex SHA-256 of ``salt + key`` (both UTF-8): keys are random and long, one round is
+enough. A password's ``hash`` is the hex scrypt (standard library ``hashlib.scrypt``, 32 bytes) of the password
+with the UTF-8 ``salt`` and the stored cost parameters. Users stored by older versions as a salted SHA-256
+(``salt`` + ``sha256``) still log in, and are rewritten with scrypt on their first successful login. Secrets
+themselves are never stored. A successful password check is remembered in memory (keyed by a per-process HMAC of
+user and password), so the cost is paid once per client rather than on every request.
 
 This module uses only the standard library, so keys can be managed without installing Foci::
 
@@ -25,18 +30,24 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_AUTH_FILE = "auth.json"
 _SALT_BYTES = 16
 _KEY_BYTES = 32
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1  # the "interactive login" cost: 16 MiB, tens of milliseconds
+_SCRYPT_MAX_N = 2**20
+_VERIFIED_LIMIT = 256
+_log = logging.getLogger(__name__)
 
 
 class AuthError(ValueError):
@@ -49,6 +60,20 @@ def hash_secret(secret: str, salt: str | None = None) -> tuple[str, str]:
         raise AuthError("a key or password must be a non-empty string")
     salt = secrets.token_hex(_SALT_BYTES) if salt is None else salt
     return salt, hashlib.sha256((salt + secret).encode("utf-8")).hexdigest()
+
+
+def hash_password(password: str, salt: str | None = None, *, n: int = SCRYPT_N, r: int = SCRYPT_R,
+                  p: int = SCRYPT_P) -> dict[str, object]:
+    """The stored form of a user password: ``{"kdf": "scrypt", "n", "r", "p", "salt", "hash"}``."""
+    if not isinstance(password, str) or not password:
+        raise AuthError("a password must be a non-empty string")
+    salt = secrets.token_hex(_SALT_BYTES) if salt is None else salt
+    return {"kdf": "scrypt", "n": n, "r": r, "p": p, "salt": salt, "hash": _scrypt(password, salt, n, r, p)}
+
+
+def _scrypt(secret: str, salt: str, n: int, r: int, p: int) -> str:
+    return hashlib.scrypt(secret.encode("utf-8"), salt=salt.encode("utf-8"), n=n, r=r, p=p, dklen=32,
+                          maxmem=256 * n * r + (1 << 20)).hex()
 
 
 def is_loopback(host: str) -> bool:
@@ -64,15 +89,21 @@ def is_loopback(host: str) -> bool:
 
 @dataclass(frozen=True)
 class Credential:
-    """One stored secret: who it belongs to, its salt and its salted SHA-256."""
+    """One stored secret: who it belongs to, its salt and its hash (``kdf`` "sha256": one salted SHA-256 round,
+    as for API keys and users of older versions; "scrypt" with ``cost`` = (n, r, p) for passwords)."""
 
     name: str
     salt: str
-    sha256: str
+    sha256: str  # the hex digest, whatever the kdf
+    kdf: str = "sha256"
+    cost: tuple[int, int, int] = (SCRYPT_N, SCRYPT_R, SCRYPT_P)
 
     def matches(self, secret: str) -> bool:
         """Constant-time comparison of ``secret`` against the stored hash."""
-        _, digest = hash_secret(secret or "\0", self.salt)
+        if self.kdf == "scrypt":
+            digest = _scrypt(secret or "\0", self.salt, *self.cost)
+        else:
+            _, digest = hash_secret(secret or "\0", self.salt)
         return hmac.compare_digest(digest, self.sha256.lower())
 
 
@@ -85,14 +116,38 @@ def _credentials(path: Path, data: Mapping[str, object], section: str, name_key:
         where = f"{path}: {section}[{index}]"
         if not isinstance(entry, dict):
             raise AuthError(f"{where} must be an object with {name_key!r}, 'salt' and 'sha256'")
+        if section == "users" and entry.get("kdf") is not None:
+            result.append(_scrypt_credential(entry, where))
+            continue
         values = [entry.get(key) for key in (name_key, "salt", "sha256")]
         if not all(isinstance(value, str) and value for value in values):
             raise AuthError(f"{where} needs non-empty strings {name_key!r}, 'salt' and 'sha256'")
         name, salt, digest = values
-        if len(digest) != 64 or any(char not in "0123456789abcdefABCDEF" for char in digest):
+        if not _is_hex64(digest):
             raise AuthError(f"{where}: 'sha256' must be 64 hex digits")
         result.append(Credential(name, salt, digest))
     return tuple(result)
+
+
+def _scrypt_credential(entry: Mapping[str, object], where: str) -> Credential:
+    if entry.get("kdf") != "scrypt":
+        raise AuthError(f"{where}: unknown 'kdf' {entry.get('kdf')!r}; expected 'scrypt'")
+    name, salt, digest = (entry.get(key) for key in ("user", "salt", "hash"))
+    if not all(isinstance(value, str) and value for value in (name, salt, digest)):
+        raise AuthError(f"{where} needs non-empty strings 'user', 'salt' and 'hash'")
+    if not _is_hex64(str(digest)):
+        raise AuthError(f"{where}: 'hash' must be 64 hex digits")
+    cost = tuple(entry.get(key) for key in ("n", "r", "p"))
+    if not all(isinstance(value, int) and not isinstance(value, bool) and value > 0 for value in cost):
+        raise AuthError(f"{where}: 'n', 'r' and 'p' must be positive integers")
+    n, r, p = (int(value) for value in cost)  # type: ignore[arg-type]
+    if n < 2 or n & (n - 1) or n > _SCRYPT_MAX_N or r * p > 64:
+        raise AuthError(f"{where}: scrypt cost out of range (n a power of two up to {_SCRYPT_MAX_N}, r*p <= 64)")
+    return Credential(str(name), str(salt), str(digest), "scrypt", (n, r, p))
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(char in "0123456789abcdefABCDEF" for char in text)
 
 
 def read_auth_file(path: Path) -> dict[str, list[dict[str, str]]]:
@@ -129,10 +184,18 @@ def write_auth_file(path: Path, data: Mapping[str, object]) -> None:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """The credentials a server accepts. With none, every request is allowed (loopback only)."""
+    """The credentials a server accepts. With none, every request is allowed (loopback only).
+
+    ``path`` is the file they came from: users still stored with SHA-256 are rewritten there with scrypt on their
+    first successful login.
+    """
 
     api_keys: tuple[Credential, ...] = ()
     users: tuple[Credential, ...] = ()
+    path: Path | None = None
+    _verified: dict[bytes, str] = field(default_factory=dict, compare=False, repr=False)
+    _verified_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @property
     def enabled(self) -> bool:
@@ -153,7 +216,8 @@ class AuthConfig:
                 raise AuthError(f"credentials file {path} does not exist; create it with "
                                 f"`python -m foci.service.auth --file {path} add-key NAME`")
             data = read_auth_file(path)
-            config = cls(_credentials(path, data, "api_keys", "name"), _credentials(path, data, "users", "user"))
+            config = cls(_credentials(path, data, "api_keys", "name"), _credentials(path, data, "users", "user"),
+                         path)
         if not config.enabled and not is_loopback(listen_host):
             target = path or Path(DEFAULT_AUTH_FILE)
             raise AuthError(
@@ -171,13 +235,51 @@ class AuthConfig:
         return found
 
     def check_user(self, user: str, password: str) -> str | None:
-        """The user name when ``user``/``password`` match a stored user, or None (constant time per entry)."""
-        found = None
-        for credential in self.users:
-            same_user = hmac.compare_digest(credential.name.encode("utf-8"), user.encode("utf-8"))
-            if credential.matches(password) and same_user and found is None:
-                found = credential.name
-        return found
+        """The user name when ``user``/``password`` match a stored user, or None.
+
+        Only the named user's hash is computed (a dummy one for an unknown user, so both take as long); a user
+        still stored with SHA-256 is migrated to scrypt on success.
+        """
+        token = hmac.new(self._verified_key, f"{user}\0{password}".encode(), hashlib.sha256).digest()
+        with self._lock:
+            known = self._verified.get(token)
+        if known is not None:
+            return known
+        credential = None
+        for candidate in self.users:
+            if hmac.compare_digest(candidate.name.encode("utf-8"), user.encode("utf-8")):
+                credential = candidate
+        if credential is None:
+            _DUMMY_USER.matches(password)
+            return None
+        if not credential.matches(password):
+            return None
+        if credential.kdf != "scrypt":
+            self._migrate(credential, password)
+        with self._lock:
+            if len(self._verified) >= _VERIFIED_LIMIT:
+                self._verified.clear()
+            self._verified[token] = credential.name
+        return credential.name
+
+    def _migrate(self, credential: Credential, password: str) -> None:
+        """Rewrite a SHA-256 user entry of the credentials file with scrypt (logged, never raised)."""
+        if self.path is None:
+            return
+        with self._lock:
+            try:
+                data = read_auth_file(self.path)
+                users = data["users"]
+                for index, entry in enumerate(users):
+                    if (isinstance(entry, dict) and entry.get("user") == credential.name
+                            and entry.get("salt") == credential.salt and entry.get("sha256") == credential.sha256):
+                        users[index] = {"user": credential.name, **hash_password(password)}
+                        write_auth_file(self.path, data)
+                        _log.info("user %r: password hash upgraded to scrypt in %s", credential.name, self.path)
+                        return
+            except (AuthError, OSError) as error:
+                _log.warning("could not upgrade the password hash of %r in %s: %s", credential.name, self.path,
+                             error)
 
     def authenticate(self, headers: Mapping[str, str]) -> str | None:
         """Who sent a request with these headers (``key:NAME`` or ``user:NAME``), or None when it may not pass.
@@ -207,8 +309,14 @@ class AuthConfig:
             if not separator:
                 return None
             name = self.check_user(user, password)
-            return f"user:{name}" if name is not None else None
+            if name is not None:
+                return f"user:{name}"
+            key_name = self.check_key(password)  # a browser with only an API key: any user name, the key as password
+            return f"key:{key_name}" if key_name is not None else None
         return None
+
+
+_DUMMY_USER = Credential("", "dummy-salt", "0" * 64, "scrypt")
 
 
 # ------------------------------------------------------------------------------------ key management
@@ -225,13 +333,13 @@ def add_api_key(path: Path, name: str, key: str | None = None) -> str:
 
 
 def add_user(path: Path, user: str, password: str) -> None:
-    """Store (or replace) a user's salted password hash in ``path``."""
+    """Store (or replace) a user's scrypt password hash in ``path``."""
     if ":" in user or not user:
         raise AuthError("a user name must be non-empty and may not contain ':'")
     data = read_auth_file(path)
-    salt, digest = hash_secret(password)
+    stored = hash_password(password)
     data["users"] = [entry for entry in data["users"] if entry.get("user") != user]
-    data["users"].append({"user": user, "salt": salt, "sha256": digest})
+    data["users"].append({"user": user, **stored})
     write_auth_file(path, data)
 
 

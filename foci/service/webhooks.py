@@ -3,6 +3,10 @@
 :func:`post_webhook` does one delivery (with retries) in the calling thread. :class:`WebhookDispatcher` is the
 callable to hand to the worker: it delivers in its own background threads, so a slow or dead receiver never
 holds up generation.
+
+Deliveries obey :mod:`foci.files.netpolicy`: the receiver (and every redirect) must resolve to a public address unless
+the operator's allow-list (config key ``webhook_allow``: host names, addresses or networks) names it, so a job
+cannot make the server POST to itself, its loopback services or the private network.
 """
 
 from __future__ import annotations
@@ -11,18 +15,21 @@ import logging
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from threading import Lock
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from foci import __version__
+from foci.files.netpolicy import AddressPolicy, AddressRefused, UnresolvableHost, open_url
 
 if TYPE_CHECKING:
     from foci.service.jobs import Job
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 2
+MAX_REDIRECTS = 3
 _log = logging.getLogger(__name__)
 
 
@@ -44,6 +51,18 @@ def validate_webhook_url(url: str) -> str:
     return url.strip()
 
 
+def check_webhook_target(url: str, allow: Sequence[str] = ()) -> str:
+    """Return ``url`` if a delivery there is allowed now (see the module docstring); else raise
+    :class:`WebhookError`. A host that does not resolve yet is accepted: delivery checks again."""
+    url = validate_webhook_url(url)
+    try:
+        return AddressPolicy(allow=tuple(allow)).check(url)
+    except UnresolvableHost:
+        return url
+    except AddressRefused as error:
+        raise WebhookError(f"webhook_url refused: {error}") from None
+
+
 def _retryable(error: Exception) -> bool:
     if isinstance(error, urllib.error.HTTPError):
         return error.code >= 500 or error.code in (408, 429)
@@ -51,11 +70,13 @@ def _retryable(error: Exception) -> bool:
 
 
 def post_webhook(job: Job, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES,
-                 backoff: float = 0.5) -> bool:
+                 backoff: float = 0.5, allow: Sequence[str] = ()) -> bool:
     """POST ``job`` as JSON to ``job.webhook_url``; retry up to ``retries`` times on network errors and 5xx.
 
     Returns True when the receiver answered 2xx. Failures are logged, never raised. No URL: nothing to do (True).
+    A receiver (or redirect) at a non-public address not named in ``allow`` is refused without retrying.
     """
+    policy = AddressPolicy(allow=tuple(allow))
     url = job.webhook_url
     if not url:
         return True
@@ -65,9 +86,12 @@ def post_webhook(job: Job, *, timeout: float = DEFAULT_TIMEOUT, retries: int = D
     for attempt in range(retries + 1):
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # the URL was checked to be http(s)
+            with open_url(request, policy, timeout=timeout, max_redirects=MAX_REDIRECTS) as response:
                 response.read(65536)
             return True
+        except AddressRefused as error:
+            _log.warning("webhook for job %s to %s refused: %s", job.id, url, error)
+            return False
         except Exception as error:  # a webhook must never take the worker down
             last = attempt == retries or not _retryable(error)
             _log.warning("webhook for job %s to %s failed (attempt %d/%d): %s%s", job.id, url, attempt + 1,
@@ -81,11 +105,14 @@ def post_webhook(job: Job, *, timeout: float = DEFAULT_TIMEOUT, retries: int = D
 class WebhookDispatcher:
     """A ``webhook(job)`` callable for the worker that delivers in background threads.
 
-    ``close()`` waits for deliveries in flight (bounded by their timeouts) and refuses new ones.
+    ``close()`` waits for deliveries in flight (bounded by their timeouts) and refuses new ones. ``allow`` is the
+    operator's allow-list of non-public receivers (config ``webhook_allow``).
     """
 
     def __init__(self, *, timeout: float = DEFAULT_TIMEOUT, retries: int = DEFAULT_RETRIES, backoff: float = 0.5,
-                 max_workers: int = 2) -> None:
+                 max_workers: int = 2, allow: Sequence[str] = ()) -> None:
+        self.allow = tuple(allow)
+        AddressPolicy(allow=self.allow)  # a malformed entry fails at start-up
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -103,7 +130,7 @@ class WebhookDispatcher:
                 _log.warning("webhook for job %s dropped: dispatcher closed", job.id)
                 return
             future = self._executor.submit(post_webhook, job, timeout=self.timeout, retries=self.retries,
-                                           backoff=self.backoff)
+                                           backoff=self.backoff, allow=self.allow)
             self._pending.add(future)
         future.add_done_callback(self._done)
 

@@ -127,6 +127,8 @@ LoraEntry = Annotated[LoraDefault, BeforeValidator(_lora_entry)]
 Downloads = dict[Annotated[str, AfterValidator(_check_file_name)], Annotated[str, AfterValidator(_check_url)]]
 PathList = Annotated[list[Path], BeforeValidator(_path_list), Field(min_length=1)]
 NonEmptyStr = Annotated[str, Field(min_length=1)]
+Sha256 = Annotated[str, BeforeValidator(lambda value: value.lower() if isinstance(value, str) else value),
+                   Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 def _models(name: str) -> Path:
@@ -213,6 +215,11 @@ class FociSettings(BaseModel):
     default_developer_debug_mode_checkbox: bool = False
     default_image_prompt_advanced_checkbox: bool = False
     default_controlnet_image_count: int = Field(4, ge=1)
+
+    # Integrity and outgoing requests: known SHA-256 per catalogue name (overrides the catalogue), and the
+    # non-public hosts, addresses or networks job webhooks may reach (foci.files.netpolicy).
+    model_sha256: dict[str, Sha256] = Field(default_factory=dict)
+    webhook_allow: list[NonEmptyStr] = Field(default_factory=list)
 
     # Files a preset wants downloaded: file name → URL.
     checkpoint_downloads: Downloads = Field(default_factory=dict)

@@ -124,3 +124,35 @@ def test_make_checkpoint_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert code == 0 and Path(out.strip()).is_file()
     shapes = read_tensor_shapes(tmp_path / "t.safetensors")
     assert any(k.startswith("conditioner.embedders.1.model.") for k in shapes)
+
+
+def test_models_pin_fixes_the_hash_that_verify_and_downloads_expect(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    entry = {"name": "w.pth", "url": "https://example.org/w.pth", "folder": "upscale_models", "size": None,
+             "sha256": None, "licence": "test"}
+    (tmp_path / "catalogue.json").write_text(json.dumps({"entries": [entry]}))
+    monkeypatch.setenv("FOCI_CATALOGUE", str(tmp_path / "catalogue.json"))
+    weights = Path("models") / "upscale_models" / "w.pth"  # printed as found, relative to --models-dir
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first weights")
+    first, second = (hashlib.sha256(data).hexdigest() for data in (b"first weights", b"other weights"))
+    models = ["--models-dir", "models"]
+
+    assert run_cli(["models", "verify", *models], capsys)[1] == f"unknown hash\t{weights}\n"
+    code, out, err = run_cli(["models", "pin", "w.pth", *models], capsys)
+    assert (code, out) == (0, f"pinned w.pth sha256 {first}\n"), err
+    assert run_cli(["models", "verify", *models], capsys)[:2] == (0, f"ok\t{weights}\n")
+    weights.write_bytes(b"other weights")
+    code, out, _ = run_cli(["models", "verify", *models], capsys)
+    assert (code, out) == (1, f"corrupt: expected sha256 {first} got {second}\t{weights}\n")
+    assert run_cli(["models", "pin", "w.pth", second.upper(), *models], capsys)[:2] == (0, f"pinned w.pth sha256 "
+                                                                                          f"{second}\n")
+    assert run_cli(["models", "verify", *models], capsys)[:2] == (0, f"ok\t{weights}\n")
+    code, _, err = run_cli(["models", "pin", "w.pth", "abc", *models], capsys)
+    assert code == 2 and "'abc' is not a SHA-256" in err
+    code, _, err = run_cli(["models", "pin", "nope.pth", *models], capsys)
+    assert code == 2 and "unknown model file 'nope.pth'" in err

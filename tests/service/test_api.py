@@ -7,6 +7,7 @@ import http.client
 import http.server
 import io
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -226,9 +227,10 @@ def raw_get(port: int, target: str) -> tuple[int, bytes]:
 
 # ------------------------------------------------------------------------------------------ end to end
 def test_submit_stream_fetch_image_metadata_and_webhook(tmp_path: Path, engine, tiny_models_dir: Path) -> None:
-    dispatcher = WebhookDispatcher(timeout=5, retries=1, backoff=0.05)
+    dispatcher = WebhookDispatcher(timeout=5, retries=1, backoff=0.05, allow=["127.0.0.1"])
+    settings = tiny_settings(tiny_models_dir, webhook_allow=["127.0.0.1"])  # the loopback receiver is allow-listed
     with webhook_receiver() as (hook_url, received), \
-            run_api(tmp_path, engine, settings=tiny_settings(tiny_models_dir), webhook=dispatcher) as api, \
+            run_api(tmp_path, engine, settings=settings, webhook=dispatcher) as api, \
             httpx.Client(base_url=api.url, timeout=30) as client:
         response = client.post("/v1/jobs", json={"task": {**TINY, "image_number": 2, "seed": 5,
                                                           "negative_prompt": "blurry"},
@@ -657,7 +659,7 @@ def test_webhook_retries(statuses: list[int], delivered: bool, hits: int) -> Non
     try:
         job = SimpleNamespace(id="j1", state=JobState.DONE, webhook_url=f"http://127.0.0.1:{server.server_address[1]}/",
                               model_dump_json=lambda: '{"id": "j1"}')
-        assert post_webhook(job, timeout=5, retries=2, backoff=0.01) is delivered
+        assert post_webhook(job, timeout=5, retries=2, backoff=0.01, allow=["127.0.0.1"]) is delivered
         assert server.hits == hits  # type: ignore[attr-defined]
     finally:
         server.shutdown()
@@ -676,12 +678,92 @@ def test_webhook_to_a_dead_port_gives_up_without_raising() -> None:
     job = SimpleNamespace(id="j2", state=JobState.FAILED, webhook_url=f"http://127.0.0.1:{port}/x",
                           model_dump_json=lambda: "{}")
     started = time.monotonic()
-    assert post_webhook(job, timeout=2, retries=2, backoff=0.01) is False
+    assert post_webhook(job, timeout=2, retries=2, backoff=0.01, allow=["127.0.0.1"]) is False
     assert time.monotonic() - started < 10
     for bad in ("ftp://h/x", "javascript:alert(1)", "http://", "http://h:port/", "http://h/ x", "/relative"):
         with pytest.raises(WebhookError):
             validate_webhook_url(bad)
     assert validate_webhook_url(" https://example.org/hook?a=1 ") == "https://example.org/hook?a=1"
+
+
+class _RedirectingReceiver(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.server.hits += 1  # type: ignore[attr-defined]
+        location = self.server.location  # type: ignore[attr-defined]
+        self.send_response(303 if location else 204)
+        if location:
+            self.send_header("Location", location)
+        self.end_headers()
+
+    do_GET = do_POST  # noqa: N815 - a redirected POST arrives as GET
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@contextmanager
+def counting_receiver(location: str | None = None) -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RedirectingReceiver)
+    server.hits, server.location = 0, location  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+def test_webhooks_to_loopback_and_other_non_public_addresses_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    from foci.service.webhooks import post_webhook
+
+    with counting_receiver() as receiver:
+        port = receiver.server_address[1]
+        for url in (f"http://127.0.0.1:{port}/", f"http://localhost:{port}/", f"http://0.0.0.0:{port}/",
+                    f"http://[::1]:{port}/", f"http://2130706433:{port}/", f"http://0x7f000001:{port}/",
+                    f"http://[::ffff:127.0.0.1]:{port}/", "http://169.254.169.254/", "http://10.1.2.3/",
+                    "http://224.0.0.1/"):
+            job = SimpleNamespace(id="j3", state=JobState.DONE, webhook_url=url, model_dump_json=lambda: "{}")
+            with caplog.at_level(logging.WARNING, logger="foci.service.webhooks"):
+                assert post_webhook(job, timeout=2, retries=2, backoff=0.01) is False, url
+            assert "refused" in caplog.text
+            caplog.clear()
+        assert receiver.hits == 0  # type: ignore[attr-defined]
+        job = SimpleNamespace(id="j3", state=JobState.DONE, webhook_url=f"http://localhost:{port}/",
+                              model_dump_json=lambda: "{}")
+        assert post_webhook(job, timeout=5, retries=0, allow=["127.0.0.0/8"]) is True
+        assert receiver.hits == 1  # type: ignore[attr-defined]
+
+
+def test_webhook_redirect_to_a_non_allowed_address_is_refused() -> None:
+    from foci.service.webhooks import post_webhook
+
+    with counting_receiver() as inner, \
+            counting_receiver(f"http://127.0.0.1:{inner.server_address[1]}/") as outer:
+        job = SimpleNamespace(id="j4", state=JobState.DONE, webhook_url=f"http://localhost:{outer.server_address[1]}/",
+                              model_dump_json=lambda: "{}")
+        assert post_webhook(job, timeout=5, retries=2, backoff=0.01, allow=["localhost"]) is False
+        assert (outer.hits, inner.hits) == (1, 0)  # type: ignore[attr-defined]
+        assert post_webhook(job, timeout=5, retries=0, allow=["localhost", "127.0.0.1"]) is True
+        assert (outer.hits, inner.hits) == (2, 1)  # type: ignore[attr-defined]
+
+
+def test_submit_refuses_a_webhook_at_a_non_public_address_unless_allowed(tmp_path: Path) -> None:
+    stub = StubEngine(tmp_path / "out")
+    with run_api(tmp_path, stub, with_worker=False) as api, httpx.Client(base_url=api.url, timeout=30) as client:
+        for url in (f"http://127.0.0.1:{api.port}/v1/jobs", "http://2130706433/", "http://[::1]/x",
+                    "http://0.0.0.0/"):
+            response = client.post("/v1/jobs", json={"task": {}, "webhook_url": url})
+            assert response.status_code == 422, (url, response.text)
+            assert "webhook_url refused" in response.json()["detail"]
+        assert api.store.list() == []
+    allowed = tiny_settings(webhook_allow=["127.0.0.1"])
+    with run_api(tmp_path / "b", stub, with_worker=False, settings=allowed) as api, \
+            httpx.Client(base_url=api.url, timeout=30) as client:
+        response = client.post("/v1/jobs", json={"task": {}, "webhook_url": "http://127.0.0.1:9/hook"})
+        assert response.status_code == 201, response.text
 
 
 @pytest.mark.browser

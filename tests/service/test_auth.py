@@ -152,3 +152,56 @@ def test_open_server_without_credentials(tmp_path: Path) -> None:
         assert client.get("/v1/health").status_code == 200
         assert client.get("/v1/health", headers={"Authorization": "Basic %%%"}).status_code == 200
         assert "securitySchemes" not in client.get("/openapi.json").json().get("components", {})
+
+
+# ------------------------------------------------------------------------------------------ passwords
+def test_passwords_are_stored_with_scrypt(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "auth.json"
+    add_user(path, "ana", "secret")
+    (entry,) = json.loads(path.read_text())["users"]
+    assert set(entry) == {"user", "kdf", "n", "r", "p", "salt", "hash"} and entry["kdf"] == "scrypt"
+    assert (entry["n"], entry["r"], entry["p"]) == (2**14, 8, 1)
+    expected = hashlib.scrypt(b"secret", salt=entry["salt"].encode(), n=2**14, r=8, p=1, dklen=32).hex()
+    assert entry["hash"] == expected
+    assert entry["hash"] != hashlib.sha256((entry["salt"] + "secret").encode()).hexdigest()
+    config = AuthConfig.load(path, listen_host="127.0.0.1")
+    assert config.check_user("ana", "secret") == "ana"
+    assert config.check_user("ana", "secret") == "ana"  # remembered: no second scrypt
+    assert config.check_user("ana", "Secret") is None and config.check_user("bob", "secret") is None
+
+
+def test_old_sha256_users_are_migrated_on_first_successful_login(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    salt, digest = hash_secret("old password", "abcd")
+    key = add_api_key(path, "ci")
+    data = json.loads(path.read_text())
+    data["users"] = [{"user": "ana", "salt": salt, "sha256": digest}, {"user": "bob", "salt": "s", "sha256": "0" * 64}]
+    path.write_text(json.dumps(data))
+    config = AuthConfig.load(path, listen_host="127.0.0.1")
+    assert config.authenticate({"Authorization": _basic("ana", "wrong")}) is None
+    assert json.loads(path.read_text())["users"][0] == {"user": "ana", "salt": salt, "sha256": digest}
+    assert config.authenticate({"Authorization": _basic("ana", "old password")}) == "user:ana"
+    migrated = json.loads(path.read_text())
+    assert migrated["users"][0]["user"] == "ana" and migrated["users"][0]["kdf"] == "scrypt"
+    assert "sha256" not in migrated["users"][0]
+    assert migrated["users"][1] == {"user": "bob", "salt": "s", "sha256": "0" * 64}  # untouched
+    assert migrated["api_keys"] == data["api_keys"]  # keys stay salted SHA-256
+    reloaded = AuthConfig.load(path, listen_host="127.0.0.1")
+    assert reloaded.users[0].kdf == "scrypt"
+    assert reloaded.authenticate({"Authorization": _basic("ana", "old password")}) == "user:ana"
+    assert reloaded.authenticate({"Authorization": _basic("ana", "wrong")}) is None
+    assert reloaded.authenticate({"X-API-Key": key}) == "key:ci"
+    assert reloaded.authenticate({"Authorization": _basic("anyone", key)}) == "key:ci"  # browsers with a key
+
+
+def test_malformed_scrypt_entries_are_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "auth.json"
+    good = {"user": "ana", "kdf": "scrypt", "n": 16384, "r": 8, "p": 1, "salt": "s", "hash": "0" * 64}
+    for change, message in (({"kdf": "md5"}, "unknown 'kdf'"), ({"n": 1000}, "power of two"),
+                            ({"n": 2**24}, "power of two"), ({"hash": "xyz"}, "64 hex digits"),
+                            ({"r": "8"}, "positive integers"), ({"salt": ""}, "non-empty strings")):
+        path.write_text(json.dumps({"users": [{**good, **change}]}))
+        with pytest.raises(AuthError, match=message):
+            AuthConfig.load(path, listen_host="127.0.0.1")

@@ -128,3 +128,95 @@ def test_foci_with_empty_models_downloads_the_default_preset_then_generates(tiny
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+# ------------------------------------------------------------------------------- credentials on every route
+def _route_targets(app) -> list[tuple[str, str]]:
+    """(method, path) of every HTTP route of the app and of the apps mounted in it, path parameters filled in."""
+    import re
+
+    from starlette.routing import Mount, Route
+
+    targets: list[tuple[str, str]] = []
+
+    def walk(routes, prefix: str) -> None:
+        for route in routes:
+            if isinstance(route, Mount):
+                walk(route.routes, prefix + route.path)
+            elif hasattr(route, "original_router"):  # FastAPI >= 0.165 keeps an included router as one entry
+                walk(route.original_router.routes, prefix + route.include_context.prefix)
+            elif isinstance(route, Route):
+                path = re.sub(r"\{[^}]+\}", "x", prefix + route.path) or "/"
+                targets.extend((method, path) for method in sorted(route.methods or {"GET"}) if method != "HEAD")
+
+    walk(app.routes, "")
+    return sorted(set(targets))
+
+
+def test_every_route_takes_the_same_credentials(engine, tmp_path: Path) -> None:
+    """Issue 17.5: API, UI, /history and /docs with none, wrong and each kind of valid credentials."""
+    import base64
+    import threading
+
+    import httpx
+    import uvicorn
+
+    from foci.apps.serve import PUBLIC_PATHS, build_service
+    from foci.service.auth import add_api_key, add_user
+    from foci.settings.config import FociSettings
+
+    auth_file = tmp_path / "auth.json"
+    key = add_api_key(auth_file, "ci")
+    add_user(auth_file, "ana", "secret")
+    service = build_service(settings=FociSettings(), engines=[engine], root=tmp_path, listen_host="0.0.0.0",
+                            auth_file=auth_file)
+    targets = _route_targets(service.app)
+    paths = {path for _, path in targets}
+    assert {"/", "/history", "/history/image/x/x", "/docs", "/openapi.json", "/v1/health", "/v1/jobs"} <= paths
+    assert len(targets) > 30  # the Gradio app's own routes are walked too
+
+    def basic(user: str, password: str) -> dict[str, str]:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    wrong = [{}, {"Authorization": "Bearer nope"}, {"X-API-Key": "nope"}, basic("ana", "nope"), basic("bob", "secret"),
+             {"Authorization": "Basic %%%"}, {"Authorization": "Digest x"}]
+    valid = [{"Authorization": f"Bearer {key}"}, {"X-API-Key": key}, basic("ana", "secret"), basic("laptop", key)]
+    server = uvicorn.Server(uvicorn.Config(service.app, host="127.0.0.1", port=0, log_level="warning",
+                                           lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            refusal = (401, b'{"detail":"missing or invalid credentials"}')
+
+            def answer(method: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
+                with client.stream(method, path, headers=headers) as response:  # event streams: status only
+                    return response.status_code, response.read() if response.status_code == 401 else b""
+
+            for method, path in targets:
+                for headers in wrong:
+                    got = answer(method, path, headers)
+                    if path in PUBLIC_PATHS:
+                        assert got[0] == 200, (method, path, headers, got)
+                    else:
+                        assert got == refusal, (method, path, headers, got)
+                for headers in valid:  # past the guard (Gradio's own "sign in to use run history" 401 aside)
+                    got = answer(method, path, headers)
+                    assert got != refusal, (method, path, headers, got)
+            for path in ("/", "/history", "/docs", "/openapi.json", "/v1/health", "/v1/jobs", "/config"):
+                for headers in valid:
+                    assert answer("GET", path, headers)[0] == 200, (path, headers)
+            page = client.get("/history", headers=basic("ana", "secret"))
+            assert "Recent jobs" in page.text
+            refused = client.get("/history")
+            assert refused.json() == {"detail": "missing or invalid credentials"}
+            assert 'Basic realm="foci"' in refused.headers["www-authenticate"]
+    finally:
+        server.should_exit = True
+        thread.join(20)
+        service.close()

@@ -44,7 +44,7 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def entry_for(url: str, data: bytes, *, name: str = "model.bin", folder: str = "checkpoints", known_size: bool = True,
+def entry_for(url: str, data: bytes, *, name: str = "model.dat", folder: str = "checkpoints", known_size: bool = True,
               known_sha: bool = True, save_as: str | None = None) -> CatalogueEntry:
     return CatalogueEntry(name=name, url=url, folder=folder, size=len(data) if known_size else None,
                           sha256=sha(data) if known_sha else None, licence="test", presets=(), save_as=save_as)
@@ -90,9 +90,9 @@ def test_fresh_download_verifies_logs_sha_and_reports_monotonic_progress(server,
     entry = entry_for(server.url("/m.bin"), data)
     with caplog.at_level(logging.INFO, logger="foci.files.downloads"):
         path = downloader(recorder).fetch(entry, tmp_path / "checkpoints")
-    assert path == tmp_path / "checkpoints" / "model.bin"
+    assert path == tmp_path / "checkpoints" / "model.dat"
     assert path.read_bytes() == data
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.dat"]
     assert f"sha256 {sha(data)}" in caplog.text
     counts = [e.downloaded for e in recorder.events]
     assert counts == sorted(counts) and counts[0] == 0
@@ -114,13 +114,13 @@ def test_dropped_connection_resumes_with_range_and_verifies(server, recorder, tm
     assert recorder.sleeps == [0.5]
     counts = [e.downloaded for e in recorder.events]
     assert counts == sorted(counts) and recorder.events[-1].done
-    assert not (tmp_path / "model.bin.part").exists()
+    assert not (tmp_path / "model.dat.part").exists()
 
 
 def test_resume_from_part_left_by_an_earlier_run(server, recorder, tmp_path):
     data = payload(seed=2)
     server.add_file("/m.bin", data)
-    (tmp_path / "model.bin.part").write_bytes(data[:30_000])
+    (tmp_path / "model.dat.part").write_bytes(data[:30_000])
     path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
     assert path.read_bytes() == data
     (request,) = server.requests_for("/m.bin")
@@ -130,7 +130,7 @@ def test_resume_from_part_left_by_an_earlier_run(server, recorder, tmp_path):
 
 def test_complete_part_file_is_verified_without_a_request(server, recorder, tmp_path):
     data = payload(seed=3)
-    (tmp_path / "model.bin.part").write_bytes(data)
+    (tmp_path / "model.dat.part").write_bytes(data)
     path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
     assert path.read_bytes() == data and server.requests == []
 
@@ -144,7 +144,7 @@ def test_wrong_bytes_fail_the_checksum_and_leave_no_file(server, recorder, tmp_p
     corrupted = bytes(b ^ 0xFF for b in data)
     message = str(caught.value)
     assert f"expected sha256 {sha(data)}" in message and f"got {sha(corrupted)}" in message
-    assert "model.bin" in message
+    assert "model.dat" in message
     assert list(tmp_path.iterdir()) == []
     assert len(server.requests) == 1
 
@@ -159,7 +159,7 @@ def test_client_errors_fail_at_once(server, recorder, tmp_path, status):
         downloader(recorder).fetch(entry_for(url, data), tmp_path)
     assert url in str(caught.value)
     assert len(server.requests) == 1 and recorder.sleeps == []
-    assert not (tmp_path / "model.bin").exists()
+    assert not (tmp_path / "model.dat").exists()
 
 
 def test_missing_file_on_server_is_a_clear_404(server, recorder, tmp_path):
@@ -186,7 +186,7 @@ def test_retries_are_bounded(server, recorder, tmp_path):
     with pytest.raises(DownloadError, match="after 3 attempts"):
         downloader(recorder, retries=2).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
     assert len(server.requests) == 3 and recorder.sleeps == [0.5, 1.0]
-    assert not (tmp_path / "model.bin").exists()
+    assert not (tmp_path / "model.dat").exists()
 
 
 def test_slow_server_times_out_after_retries_in_bounded_time(server, recorder, tmp_path):
@@ -201,7 +201,7 @@ def test_slow_server_times_out_after_retries_in_bounded_time(server, recorder, t
     assert "timed out" in str(caught.value)
     assert 0.7 < elapsed < 3.0
     assert len(server.requests) == 3
-    assert not (tmp_path / "model.bin").exists()
+    assert not (tmp_path / "model.dat").exists()
 
 
 def test_stall_mid_body_times_out_and_resumes(server, recorder, tmp_path):
@@ -257,24 +257,33 @@ def test_server_size_disagreeing_with_catalogue_fails_before_streaming(server, r
 
 def test_existing_complete_file_makes_no_request(server, recorder, tmp_path):
     data = payload(seed=13)
-    (tmp_path / "model.bin").write_bytes(data)
+    (tmp_path / "model.dat").write_bytes(data)
     path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
-    assert path == tmp_path / "model.bin"
+    assert path == tmp_path / "model.dat"
     assert server.requests == []
-    assert recorder.events == [DownloadProgress("model.bin", SIZE, SIZE, True)]
+    assert recorder.events == [DownloadProgress("model.dat", SIZE, SIZE, True)]
 
 
 def test_existing_wrong_file_is_marked_corrupted_and_downloaded_again(server, recorder, tmp_path):
     data = payload(seed=14)
     server.add_file("/m.bin", data)
-    (tmp_path / "model.bin").write_bytes(b"truncated")
+    (tmp_path / "model.dat").write_bytes(b"truncated")
     path = downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
     assert path.read_bytes() == data
-    assert (tmp_path / "model.bin.corrupted").read_bytes() == b"truncated"
+    assert (tmp_path / "model.dat.corrupted").read_bytes() == b"truncated"
+
+
+def torch_archive(seed: int = 0) -> bytes:
+    """A small PyTorch zip archive of weights, as `torch.save` writes it."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"weight": torch.arange(16, dtype=torch.float32) + seed}, buffer)
+    return buffer.getvalue()
 
 
 def test_save_as_names_the_file_on_disk(server, recorder, tmp_path):
-    data = payload(seed=15)
+    data = torch_archive(15)
     server.add_file("/fooocus_expansion.bin", data)
     entry = entry_for(server.url("/fooocus_expansion.bin"), data, name="fooocus_expansion.bin",
                       folder="prompt_expansion", save_as="pytorch_model.bin")
@@ -349,15 +358,15 @@ def test_offline_never_opens_a_socket_and_names_url_and_folder(no_sockets, tmp_p
 
 def test_offline_uses_files_already_present_in_any_folder(no_sockets, tmp_path):
     data = payload(2000, seed=17)
-    entry = entry_for("https://huggingface.co/o/r/resolve/main/model.bin", data)
+    entry = entry_for("https://huggingface.co/o/r/resolve/main/model.dat", data)
     folders = ModelFolders.from_settings({"path_checkpoints": [str(tmp_path / "a"), str(tmp_path / "b")]}, tmp_path)
     (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "model.bin").write_bytes(data)
-    assert Downloader(offline=True, environ={}).ensure(["model.bin"], folders, {"model.bin": entry}) == \
-        [tmp_path / "b" / "model.bin"]
-    (tmp_path / "b" / "model.bin").write_bytes(b"bad")
+    (tmp_path / "b" / "model.dat").write_bytes(data)
+    assert Downloader(offline=True, environ={}).ensure(["model.dat"], folders, {"model.dat": entry}) == \
+        [tmp_path / "b" / "model.dat"]
+    (tmp_path / "b" / "model.dat").write_bytes(b"bad")
     with pytest.raises(DownloadError, match="offline"):
-        Downloader(offline=True, environ={}).ensure(["model.bin"], folders, {"model.bin": entry})
+        Downloader(offline=True, environ={}).ensure(["model.dat"], folders, {"model.dat": entry})
     assert no_sockets == []
 
 
@@ -366,12 +375,12 @@ def test_ensure_downloads_into_the_first_folder(server, recorder, tmp_path):
     server.add_file("/m.bin", data)
     entry = entry_for(server.url("/m.bin"), data)
     folders = ModelFolders.from_settings({"path_checkpoints": ["first", "second"]}, tmp_path)
-    assert missing_files(["model.bin"], folders, {"model.bin": entry}) == [entry]
-    (path,) = downloader(recorder).ensure(["model.bin"], folders, {"model.bin": entry})
-    assert path == tmp_path / "first" / "model.bin"
-    assert missing_files(["model.bin"], folders, {"model.bin": entry}) == []
+    assert missing_files(["model.dat"], folders, {"model.dat": entry}) == [entry]
+    (path,) = downloader(recorder).ensure(["model.dat"], folders, {"model.dat": entry})
+    assert path == tmp_path / "first" / "model.dat"
+    assert missing_files(["model.dat"], folders, {"model.dat": entry}) == []
     with pytest.raises(CatalogueError, match="'nope.bin'"):
-        missing_files(["nope.bin"], folders, {"model.bin": entry})
+        missing_files(["nope.bin"], folders, {"model.dat": entry})
 
 
 def test_tqdm_progress_drives_one_bar_per_file():
@@ -490,3 +499,185 @@ def test_packaged_catalogue_is_a_fresh_copy():
 
 def test_catalogue_json_ships_next_to_the_module():
     assert (Path(__file__).parents[2] / "foci" / "files" / "catalogue.json").is_file()
+
+
+# ------------------------------------------------------------------------------------ integrity (issue 17)
+
+
+def assert_nothing_installed(folder: Path, file_name: str) -> None:
+    assert not (folder / file_name).exists()
+    assert not (folder / (file_name + ".part")).exists()
+
+
+def test_same_size_wrong_bytes_for_a_torch_file_are_refused_naming_the_mirror(server, recorder, tmp_path):
+    genuine = torch_archive(1)
+    wrong = payload(len(genuine), seed=20)  # same size, no SHA-256 in the catalogue: only the content can tell
+    server.add_file("/xlvaeapp.pth", wrong)
+    entry = entry_for(server.url("/xlvaeapp.pth"), genuine, name="xlvaeapp.pth", folder="vae_approx",
+                      known_sha=False)
+    with pytest.raises(DownloadError) as caught:
+        downloader(recorder).fetch(entry, tmp_path)
+    message = str(caught.value)
+    assert "xlvaeapp.pth" in message and server.url("/xlvaeapp.pth") in message
+    assert "not a valid vae_approx file" in message and "weights_only" in message
+    assert_nothing_installed(tmp_path, "xlvaeapp.pth")
+
+
+def test_html_error_page_for_a_checkpoint_without_size_is_refused(server, recorder, tmp_path):
+    server.add_file("/ckpt.safetensors", b"")
+    server.fail_next("/ckpt.safetensors", Fault(body=b"<!DOCTYPE html><html><body>Rate limited</body></html>"))
+    entry = CatalogueEntry(name="ckpt.safetensors", url=server.url("/ckpt.safetensors"), folder="checkpoints",
+                           size=None, sha256=None, licence="test")
+    with pytest.raises(DownloadError, match="HTML page") as caught:
+        downloader(recorder).fetch(entry, tmp_path)
+    assert server.url("/ckpt.safetensors") in str(caught.value)
+    assert_nothing_installed(tmp_path, "ckpt.safetensors")
+
+
+def test_safetensors_that_is_not_an_sdxl_checkpoint_is_refused(server, recorder, tmp_path, tiny_checkpoint):
+    import torch
+    from safetensors.torch import save
+
+    lookalike = save({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4)})
+    server.add_file("/ckpt.safetensors", lookalike)
+    entry = entry_for(server.url("/ckpt.safetensors"), lookalike, name="ckpt.safetensors", known_sha=False)
+    with pytest.raises(DownloadError, match="not a usable SDXL checkpoint"):
+        downloader(recorder).fetch(entry, tmp_path)
+    assert_nothing_installed(tmp_path, "ckpt.safetensors")
+    genuine = tiny_checkpoint.read_bytes()
+    server.add_file("/real.safetensors", genuine)
+    real = entry_for(server.url("/real.safetensors"), genuine, name="real.safetensors", known_sha=False)
+    assert downloader(recorder).fetch(real, tmp_path).read_bytes() == genuine
+
+
+def test_truncated_safetensors_header_and_binary_text_are_refused(server, recorder, tmp_path):
+    import torch
+    from safetensors.torch import save
+
+    broken = save({"w": torch.zeros(64)})[:-16]
+    server.add_file("/l.safetensors", broken)
+    lora = entry_for(server.url("/l.safetensors"), broken, name="l.safetensors", folder="loras", known_sha=False)
+    with pytest.raises(DownloadError, match="truncated"):
+        downloader(recorder).fetch(lora, tmp_path)
+    server.add_file("/positive.txt", b"red\x00\xff\xfe")
+    text = entry_for(server.url("/positive.txt"), b"red\x00\xff\xfe", name="positive.txt",
+                     folder="prompt_expansion", known_sha=False)
+    with pytest.raises(DownloadError, match="not a text file"):
+        downloader(recorder).fetch(text, tmp_path)
+    server.add_file("/good.txt", b"red\nblue\n")
+    good = entry_for(server.url("/good.txt"), b"red\nblue\n", name="good.txt", folder="prompt_expansion",
+                     known_sha=False)
+    assert downloader(recorder).fetch(good, tmp_path).read_text() == "red\nblue\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.txt"]
+
+
+def test_first_download_pins_the_sha256_and_a_changed_file_is_refused_loudly(server, recorder, tmp_path, caplog):
+    from foci.files.hash_cache import FIRST_DOWNLOAD, HashCache
+
+    cache = HashCache(tmp_path / "hashes.json")
+    first, changed = torch_archive(1), torch_archive(2)
+    assert len(first) == len(changed) and first != changed
+    server.add_file("/w.pth", first)
+    entry = entry_for(server.url("/w.pth"), first, name="w.pth", folder="upscale_models", known_sha=False)
+    models = tmp_path / "models"
+    path = downloader(recorder, hash_cache=cache).fetch(entry, models)
+    assert HashCache(tmp_path / "hashes.json").pinned("w.pth").sha256 == sha(first)
+    assert cache.pinned("w.pth").source == FIRST_DOWNLOAD
+
+    # The mirror now serves other (valid, same-size) bytes: a fresh download is refused, nothing is installed.
+    path.unlink()
+    server.add_file("/w.pth", changed)
+    with caplog.at_level(logging.ERROR, logger="foci.files.downloads"), pytest.raises(DownloadError) as caught:
+        downloader(recorder, hash_cache=cache).fetch(entry, models)
+    message = str(caught.value)
+    assert f"expected sha256 {sha(first)} (first download), got {sha(changed)}" in message
+    assert server.url("/w.pth") in message and f"foci models pin w.pth {sha(changed)}" in message
+    assert "checksum mismatch" in caplog.text
+    assert_nothing_installed(models, "w.pth")
+
+    # A file changed on disk is not used: offline it is an error naming the pinned hash.
+    (models / "w.pth").write_bytes(changed)
+    with pytest.raises(DownloadError, match=f"expected {sha(first)} \\(first download\\)"):
+        downloader(recorder, hash_cache=cache, offline=True).fetch(entry, models)
+
+    # After `foci models pin` (here: the cache call it makes) the new hash is accepted.
+    cache.pin("w.pth", sha(changed))
+    assert downloader(recorder, hash_cache=cache, offline=True).fetch(entry, models).read_bytes() == changed
+
+
+def test_config_sha256_overrides_the_catalogue(server, recorder, tmp_path):
+    data = torch_archive(3)
+    server.add_file("/w.pth", data)
+    entry = entry_for(server.url("/w.pth"), data, name="w.pth", folder="upscale_models")  # right catalogue hash
+    with pytest.raises(DownloadError, match="config model_sha256"):
+        downloader(recorder, known_sha256={"w.pth": "0" * 64}).fetch(entry, tmp_path)
+    assert_nothing_installed(tmp_path, "w.pth")
+    assert downloader(recorder, known_sha256={"w.pth": sha(data)}).fetch(entry, tmp_path).read_bytes() == data
+
+
+def test_redirect_to_another_scheme_is_refused(server, recorder, tmp_path):
+    data = payload(seed=21)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(redirect="ftp://127.0.0.1/m.bin"))
+    with pytest.raises(DownloadError, match="only http:// and https://"):
+        downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert len(server.requests) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.2:{port}/m.bin", "http://2130706434:{port}/m.bin",
+                                    "http://[::1]:{port}/m.bin", "http://169.254.169.254/latest/meta-data/",
+                                    "http://10.0.0.1/m.bin", "http://0.0.0.0:{port}/m.bin"])
+def test_redirect_to_a_non_public_address_is_refused(server, recorder, tmp_path, target):
+    data = payload(seed=22)
+    server.add_file("/m.bin", data)
+    port = server.base_url.rsplit(":", 1)[1]
+    server.fail_next("/m.bin", Fault(redirect=target.format(port=port)))
+    with pytest.raises(DownloadError, match="refused to download model.dat") as caught:
+        downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path)
+    assert "address" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_redirects_to_the_configured_host_are_allowed_but_bounded(server, recorder, tmp_path):
+    data = payload(seed=23)
+    server.add_file("/m.bin", data)
+    port = server.base_url.rsplit(":", 1)[1]
+    server.fail_next("/m.bin", Fault(redirect=f"http://localhost:{port}/m.bin"))  # the same loopback mirror
+    entry = entry_for(server.url("/m.bin"), data)
+    assert downloader(recorder).fetch(entry, tmp_path / "a").read_bytes() == data
+    for hop in range(6):
+        server.fail_next(f"/hop{hop}", Fault(redirect=f"/hop{hop + 1}"))
+    server.add_file("/hop6", data)
+    with pytest.raises(DownloadError, match="HTTP 302"):
+        downloader(recorder, max_redirects=5).fetch(entry_for(server.url("/hop0"), data), tmp_path / "b")
+    for hop in range(6):
+        server.fail_next(f"/hop{hop}", Fault(redirect=f"/hop{hop + 1}"))
+    assert downloader(recorder, max_redirects=6).fetch(entry_for(server.url("/hop0"), data),
+                                                        tmp_path / "c").read_bytes() == data
+
+
+@pytest.mark.parametrize("known_size", [True, False])
+@pytest.mark.parametrize("content_range", ["bytes 30000-65535/99999", "bytes 30000-65535/*",
+                                           "bytes 30000-40000/65536"])
+def test_resume_with_a_wrong_content_range_restarts_from_zero(server, recorder, tmp_path, known_size,
+                                                              content_range):
+    data = payload(seed=24)
+    server.add_file("/m.bin", data)
+    (tmp_path / "model.dat.part").write_bytes(data[:30_000])
+    server.fail_next("/m.bin", Fault(content_range=content_range))
+    entry = entry_for(server.url("/m.bin"), data, known_size=known_size, known_sha=False)
+    path = downloader(recorder).fetch(entry, tmp_path)
+    assert path.read_bytes() == data
+    first, second = server.requests_for("/m.bin")
+    assert first.header("Range") == "bytes=30000-" and second.header("Range") is None
+
+
+def test_resume_after_a_drop_checks_the_total_the_server_announced_first(server, recorder, tmp_path):
+    data = payload(seed=25)
+    server.add_file("/m.bin", data)
+    server.fail_next("/m.bin", Fault(drop_after=10_000), Fault(content_range=f"bytes 10000-{SIZE - 1}/{SIZE + 7}"))
+    entry = entry_for(server.url("/m.bin"), data, known_size=False, known_sha=False)
+    assert downloader(recorder).fetch(entry, tmp_path).read_bytes() == data
+    ranges = [r.header("Range") for r in server.requests_for("/m.bin")]
+    assert ranges == [None, "bytes=10000-", None]
