@@ -382,6 +382,14 @@ def _preset_dirs(root: Path) -> list[Path]:
     return [root / "presets", _shipped_presets()]
 
 
+def preset_performance(name: str) -> str:
+    """The performance a shipped preset selects (its ``default_performance``; Speed when it sets none)."""
+    path = _shipped_presets() / f"{name}.json"
+    if not re.fullmatch(r"[\w.+-]+", name) or not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets(Path.cwd()))}")
+    return str(_read_json_object(path).get("default_performance", Performance.SPEED.value))
+
+
 def available_presets(root: Path | None = None) -> list[str]:
     """Sorted names of the shipped presets and the user's ``<root>/presets/*.json``."""
     root = Path.cwd() if root is None else Path(root)
