@@ -101,7 +101,8 @@ class GenerationTask(BaseModel):
                            a1111=Meta("Raw prompt", codec="raw_prompt"), config="default_prompt")
     negative_prompt: Prompt = field("", cli=Cli("--negative", help="negative prompt", prompt_command=True),
                                     ui=Control("textbox", "Negative Prompt", place="custom"),
-                                    fooocus="negative_prompt", a1111=Meta("Raw negative prompt", codec="raw_negative_prompt"),
+                                    fooocus="negative_prompt",
+                                    a1111=Meta("Raw negative prompt", codec="raw_negative_prompt"),
                                     config="default_prompt_negative")
     styles: list[Name] = field(default_factory=lambda: list(DEFAULT_STYLES), max_length=MAX_STYLES,
                                cli=Cli("--styles", help='comma-separated style names ("" for none); default from '
