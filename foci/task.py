@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -16,16 +17,9 @@ from pydantic import (
     model_validator,
 )
 
-SAMPLERS: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
-    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde",
-    "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "tcd", "restart", "ddim",
-    "uni_pc", "uni_pc_bh2",
-)
-SCHEDULERS: tuple[str, ...] = (
-    "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "lcm", "turbo",
-    "align_your_steps", "tcd", "edm_playground_v2.5",
-)
+from foci.fields import Cli, Config, Control, Meta, field
+from foci.sampling.names import SAMPLERS, SCHEDULERS
+
 MAX_SEED = 2**63 - 1
 DEFAULT_STYLES: tuple[str, ...] = ("Fooocus V2", "Fooocus Enhance", "Fooocus Sharp")
 _SIZE = re.compile(r"^\s*(\d+)\s*[*x×]\s*(\d+)\s*$")
@@ -38,6 +32,11 @@ MAX_LORAS = 32
 MAX_SIZE = 4096
 MAX_STEPS = 200  # Fooocus's forced-overwrite slider maximum
 MAX_LORA_WEIGHT = 10.0  # Fooocus's config allows LoRA slider limits up to ±10
+
+
+def random_seed() -> int:
+    """A fresh random seed in [0, MAX_SEED] (the one seed source of the CLI, the API and the UI)."""
+    return secrets.randbelow(MAX_SEED + 1)
 
 
 def check_text(value: str) -> str:
@@ -88,50 +87,166 @@ class FreeUSettings(BaseModel):
 
 
 class GenerationTask(BaseModel):
-    """Every setting of one Generate click. Defaults are Fooocus's default preset (Speed)."""
+    """Every setting of one Generate click. Defaults are Fooocus's default preset (Speed).
+
+    Each field is one row of the field table (:mod:`foci.fields`): next to its default and bounds it names its CLI
+    option, UI control, keys in both metadata schemes and config key; those front ends are generated from it.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    prompt: Prompt = ""
-    negative_prompt: Prompt = ""
-    styles: list[Name] = Field(default_factory=lambda: list(DEFAULT_STYLES), max_length=MAX_STYLES)
-    performance: Name = "Speed"
-    aspect_ratio: Name = "1152*896"
-    image_number: int = Field(2, ge=1, le=32)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    disable_seed_increment: bool = False
-    read_wildcards_in_order: bool = False
-    output_format: Literal["png", "jpeg", "webp"] = "png"
+    prompt: Prompt = field("", cli=Cli("prompt", help="the prompt; several lines become separate items",
+                                       prompt_command=True),
+                           ui=Control("textbox", "Prompt", place="custom"), fooocus="prompt",
+                           a1111=Meta("Raw prompt", codec="raw_prompt"), config="default_prompt")
+    negative_prompt: Prompt = field("", cli=Cli("--negative", help="negative prompt", prompt_command=True),
+                                    ui=Control("textbox", "Negative Prompt", place="custom"),
+                                    fooocus="negative_prompt",
+                                    a1111=Meta("Raw negative prompt", codec="raw_negative_prompt"),
+                                    config="default_prompt_negative")
+    styles: list[Name] = field(default_factory=lambda: list(DEFAULT_STYLES), max_length=MAX_STYLES,
+                               cli=Cli("--styles", help='comma-separated style names ("" for none); default from '
+                                       "the preset", prompt_command=True, convert="comma_list"),
+                               ui=Control("checkboxes", "Styles", place="custom", convert="list"),
+                               fooocus=Meta("styles", codec="styles"), a1111=Meta("Styles", codec="styles"),
+                               config="default_styles")
+    performance: Name = field("Speed", cli=Cli("--performance", help="Quality, Speed, Extreme Speed, Lightning or "
+                                               "Hyper-SD", prompt_command=True),
+                              ui=Control("radio", "Performance", place="custom"), fooocus="performance",
+                              a1111="Performance", config="default_performance")
+    aspect_ratio: Name = field("1152*896", cli=Cli("--aspect", help="WIDTH*HEIGHT, e.g. 1152*896"),
+                               ui=Control("radio", "Aspect Ratios", place="custom"),
+                               fooocus=Meta("resolution", codec="size"), a1111=Meta("Size", codec="size"),
+                               config="default_aspect_ratio")
+    image_number: int = field(2, ge=1, le=32, cli=Cli("--image-number", prompt_command=True),
+                              ui=Control("slider", "Image Number", place="settings", step=1,
+                                         elem_id="foci-image-number", name="image number"),
+                              config="default_image_number")
+    seed: int = field(0, ge=0, le=MAX_SEED, cli=Cli("--seed", help="seed of the first image (random if omitted)",
+                                                    prompt_command=True),
+                      ui=Control("textbox", "Seed", place="custom", convert="seed"),
+                      fooocus=Meta("seed", codec="seed"), a1111=Meta("Seed", codec="seed"))
+    disable_seed_increment: bool = field(False, ui=Control("checkbox", "Same seed for every image", place="overrides"))
+    read_wildcards_in_order: bool = field(False, cli=Cli("--read-wildcards-in-order", action="flag",
+                                                         prompt_command=True),
+                                          ui=Control("checkbox", "Read wildcards in order", place="overrides"))
+    output_format: Literal["png", "jpeg", "webp"] = field("png", cli=Cli("--format"),
+                                                          ui=Control("radio", "Output Format", place="settings"),
+                                                          config="default_output_format")
 
-    steps: int = Field(30, ge=1, le=MAX_STEPS)
-    guidance_scale: float = Field(4.0, ge=1.0, le=30.0)
-    sharpness: float = Field(2.0, ge=0.0, le=30.0)
-    sampler: str = "dpmpp_2m_sde_gpu"
-    scheduler: str = "karras"
-    clip_skip: int = Field(2, ge=1, le=12)
-    adaptive_cfg: float = Field(7.0, ge=1.0, le=30.0)
-    adm_scaler_positive: float = Field(1.5, ge=0.1, le=3.0)
-    adm_scaler_negative: float = Field(0.8, ge=0.1, le=3.0)
-    adm_scaler_end: float = Field(0.3, ge=0.0, le=1.0)
-    freeu: FreeUSettings = Field(default_factory=FreeUSettings)
-    sag_scale: float = Field(0.0, ge=0.0, le=10.0, description="Self-Attention Guidance scale; 0 = off")
-    perp_neg_scale: float = Field(0.0, ge=0.0, le=10.0, description="Perpendicular negative scale; 0 = off")
+    steps: int = field(30, ge=1, le=MAX_STEPS, cli=Cli("--steps"), fooocus=Meta("steps", codec="effective_steps"),
+                       a1111=Meta("Steps", codec="effective_steps"))
+    guidance_scale: float = field(4.0, ge=1.0, le=30.0, cli=Cli("--cfg", help="guidance scale"),
+                                  ui=Control("slider", "Guidance Scale", place="advanced", step=0.01,
+                                             elem_id="foci-guidance"),
+                                  fooocus="guidance_scale", a1111="CFG scale", config="default_cfg_scale")
+    sharpness: float = field(2.0, ge=0.0, le=30.0, cli=Cli("--sharpness"),
+                             ui=Control("slider", "Image Sharpness", place="advanced", step=0.001,
+                                        elem_id="foci-sharpness"),
+                             fooocus="sharpness", a1111="Sharpness", config="default_sample_sharpness")
+    sampler: str = field("dpmpp_2m_sde_gpu", choices=SAMPLERS, cli=Cli("--sampler"),
+                         ui=Control("dropdown", "Sampler", place="sampling", elem_id="foci-sampler"),
+                         fooocus="sampler", a1111=Meta("Sampler", codec="sampler"), config="default_sampler")
+    scheduler: str = field("karras", choices=SCHEDULERS, cli=Cli("--scheduler"),
+                           ui=Control("dropdown", "Scheduler", place="sampling", elem_id="foci-scheduler"),
+                           fooocus="scheduler", a1111=Meta("Scheduler", codec="scheduler"), config="default_scheduler")
+    clip_skip: int = field(2, ge=1, le=12, cli=Cli("--clip-skip"),
+                           ui=Control("slider", "CLIP skip", place="sampling", step=1),
+                           # Fooocus (and A1111) leave clip skip 1 out, so a missing key means 1
+                           fooocus=Meta("clip_skip", omit_values=(1,), absent=1),
+                           a1111=Meta("Clip skip", omit_values=(1,), absent=1), config="default_clip_skip")
+    adaptive_cfg: float = field(7.0, ge=1.0, le=30.0, cli=Cli("--adaptive-cfg", help="CFG mimicking scale"),
+                                ui=Control("slider", "CFG mimicking (TSNR)", place="sampling", step=0.01,
+                                           elem_id="foci-adaptive-cfg"),
+                                fooocus=Meta("adaptive_cfg", omit_if_default=True),
+                                a1111=Meta("Adaptive CFG", omit_if_default=True), config="default_cfg_tsnr")
+    adm_scaler_positive: float = field(1.5, ge=0.1, le=3.0,
+                                       ui=Control("slider", "ADM scaler, positive", place="sampling", step=0.001),
+                                       fooocus=Meta("adm_guidance", codec="adm"),
+                                       a1111=Meta("ADM Guidance", codec="adm"))
+    adm_scaler_negative: float = field(0.8, ge=0.1, le=3.0,
+                                       ui=Control("slider", "ADM scaler, negative", place="sampling", step=0.001),
+                                       fooocus=Meta("adm_guidance", codec="adm"),
+                                       a1111=Meta("ADM Guidance", codec="adm"))
+    adm_scaler_end: float = field(0.3, ge=0.0, le=1.0,
+                                  ui=Control("slider", "ADM guidance ends at", place="sampling", step=0.001),
+                                  fooocus=Meta("adm_guidance", codec="adm"),
+                                       a1111=Meta("ADM Guidance", codec="adm"))
+    freeu: FreeUSettings = field(default_factory=FreeUSettings,
+                                 cli=Cli("--freeu", help="enable FreeU (b1 1.01, b2 1.02, s1 0.99, s2 0.95)",
+                                         action="flag", flag_value={"enabled": True}),
+                                 ui=Control("checkbox", "FreeU", place="custom", convert="freeu"),
+                                 fooocus=Meta("freeu", codec="freeu"), a1111=Meta("FreeU", codec="freeu"))
+    sag_scale: float = field(0.0, ge=0.0, le=10.0, description="Self-Attention Guidance scale; 0 = off",
+                             cli=Cli("--sag", help="Self-Attention Guidance scale (0 = off)"),
+                             ui=Control("slider", "Self-attention guidance (0 = off)", place="sampling", step=0.01),
+                             fooocus=Meta("sag_scale", omit_if_default=True),
+                             a1111=Meta("SAG scale", omit_if_default=True))
+    perp_neg_scale: float = field(0.0, ge=0.0, le=10.0, description="Perpendicular negative scale; 0 = off",
+                                  cli=Cli("--perp-neg", help="Perp-Neg scale (0 = off)"),
+                                  ui=Control("slider", "Perp-Neg (0 = off)", place="sampling", step=0.01),
+                                  fooocus=Meta("perp_neg_scale", omit_if_default=True),
+                                  a1111=Meta("Perp-Neg scale", omit_if_default=True))
 
-    base_model: Name = ""
-    refiner_model: Name | None = None
-    refiner_switch: float = Field(0.5, ge=0.1, le=1.0)
-    refiner_swap_method: Literal["joint", "separate"] = "joint"
-    vae: Name | None = None
-    loras: list[LoraSpec] = Field(default_factory=list, max_length=MAX_LORAS)
+    base_model: Name = field("", cli=Cli("--model", help="base SDXL checkpoint: a path or a name in the checkpoints "
+                                         "folder"),
+                             ui=Control("dropdown", "Base Model", place="custom", convert="text"),
+                             fooocus=Meta("base_model", codec="model"), a1111=Meta("Model", codec="model"),
+                             config=Config("default_model", convert="effective_default_model"))
+    refiner_model: Name | None = field(None, cli=Cli("--refiner", help="refiner checkpoint (path or name; None for "
+                                                     "none)", convert="none_name"),
+                                       ui=Control("dropdown", "Refiner", place="custom", convert="no_model"),
+                                       fooocus=Meta("refiner_model", codec="refiner"),
+                                       a1111=Meta("Refiner", codec="refiner"), config="default_refiner")
+    refiner_switch: float = field(0.5, ge=0.1, le=1.0, cli=Cli("--refiner-switch"),
+                                  ui=Control("slider", "Refiner Switch At", place="models", step=0.0001,
+                                             elem_id="foci-refiner-switch"),
+                                  fooocus="refiner_switch", a1111=Meta("Refiner switch at", codec="refiner_switch"),
+                                  config="default_refiner_switch")
+    refiner_swap_method: Literal["joint", "separate"] = field(
+        "joint", cli=Cli("--refiner-swap-method"), ui=Control("radio", "Refiner swap method", place="sampling"),
+        fooocus=Meta("refiner_swap_method", omit_if_default=True),
+        a1111=Meta("Refiner Swap Method", omit_if_default=True))
+    vae: Name | None = field(None, cli=Cli("--vae", help="VAE file overriding the checkpoint's VAE"),
+                             ui=Control("dropdown", "VAE", place="sampling", convert="vae"),
+                             fooocus=Meta("vae", codec="vae"), a1111=Meta("VAE", codec="vae"), config="default_vae")
+    loras: list[LoraSpec] = field(default_factory=list, max_length=MAX_LORAS,
+                                  cli=Cli("--lora", help="a LoRA (repeatable); replaces the preset's LoRA slots; "
+                                          "'none' for no LoRA", action="append", metavar="NAME:WEIGHT",
+                                          convert="loras"),
+                                  ui=Control("dropdown", "LoRA", place="custom", convert="loras"),
+                                  fooocus=Meta("loras", codec="loras"), a1111=Meta("Lora weights", codec="loras"),
+                                  config=Config("default_loras", convert="lora_slots"))
 
-    overwrite_step: int = Field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: use steps")
-    overwrite_switch: int = Field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: from refiner_switch")
-    overwrite_width: int = Field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio")
-    overwrite_height: int = Field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio")
+    overwrite_step: int = field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: use steps",
+                                ui=Control("number", "Forced sampling steps (-1 = from performance)",
+                                           place="overrides", elem_id="foci-overwrite-step",
+                                           name="forced sampling steps", convert="overwrite_step"),
+                                config="default_overwrite_step")
+    overwrite_switch: int = field(-1, ge=-1, le=MAX_STEPS, description="-1 or 0: from refiner_switch",
+                                  ui=Control("number", "Forced refiner switch step (-1 = off)", place="overrides",
+                                             name="forced refiner switch step"),
+                                  fooocus=Meta("overwrite_switch", omit_values=(-1, 0)),
+                                  a1111=Meta("Overwrite Switch", omit_values=(-1, 0)),
+                                  config="default_overwrite_switch")
+    overwrite_width: int = field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio",
+                                 ui=Control("number", "Forced width (-1 = off)", place="overrides",
+                                            name="forced width"))
+    overwrite_height: int = field(-1, ge=-1, le=MAX_SIZE, description="-1 or 0: from aspect_ratio",
+                                  ui=Control("number", "Forced height (-1 = off)", place="overrides",
+                                             name="forced height"))
 
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    save_metadata: bool = True
-    metadata_scheme: Literal["fooocus", "a1111"] = "fooocus"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", cli=Cli("--precision", help="fp32 reproduces Fooocus exactly; auto picks bf16/fp16 where fast"),
+        ui=Control("radio", "Precision", place="overrides"), fooocus="precision",
+        a1111=Meta("Precision", omit_if_default=True))
+    save_metadata: bool = field(True, cli=Cli("--no-metadata", help="do not embed metadata in images", action="flag",
+                                              flag_value=False),
+                                ui=Control("checkbox", "Save metadata to images", place="overrides"),
+                                config="default_save_metadata_to_images")
+    metadata_scheme: Literal["fooocus", "a1111"] = field("fooocus", cli=Cli("--metadata-scheme"),
+                                                         ui=Control("radio", "Metadata scheme", place="overrides"),
+                                                         config="default_metadata_scheme")
 
     @field_validator("sampler", "scheduler")
     @classmethod

@@ -7,7 +7,6 @@ Everything under ``/v1`` needs credentials when the :class:`~foci.service.auth.A
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 import threading
 import time
@@ -25,18 +24,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from foci import __version__
+from foci.messages import validation_message
 from foci.records.image_input import ImageTooLargeError
 from foci.records.metadata import task_from_metadata
 from foci.records.outputs import read_metadata
-from foci.service.admission import check_model_names
+from foci.service.admission import AdmissionError, admit
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
 from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError
 from foci.service.webhooks import WebhookError, check_webhook_target, validate_webhook_url
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets
-from foci.settings.performance import Performance, performance_lora_names
-from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask, parse_size
+from foci.settings.performance import performance_lora_names
+from foci.task import SAMPLERS, SCHEDULERS, GenerationTask, parse_size, random_seed
 from foci.text.styles import StyleLibrary
 
 if TYPE_CHECKING:
@@ -234,17 +234,6 @@ _CONFLICT = {409: {"model": ErrorBody, "description": "not possible in the job's
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def validation_message(error: ValidationError | RequestValidationError, prefix: str = "") -> str:
-    """One readable line for a pydantic/FastAPI validation error: ``where: what; where: what``."""
-    parts = []
-    for item in error.errors():
-        loc = [prefix] if prefix else []
-        loc += [str(part) for part in item.get("loc", ()) if part not in ("__root__", "body")]
-        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
-    return "; ".join(parts) or "invalid input"
-
-
 def _error_items(error: ValidationError | RequestValidationError) -> list[dict[str, Any]]:
     return [{"loc": [str(part) for part in item.get("loc", ())], "msg": str(item.get("msg", "")),
              "type": str(item.get("type", ""))} for item in error.errors()]
@@ -437,25 +426,17 @@ class ApiContext:
         """``fields`` merged over ``base`` as a validated task; HTTP 422 with the pydantic message otherwise."""
         values = {**base, **fields}
         if values.get("seed") is None:
-            values["seed"] = random.SystemRandom().randrange(MAX_SEED + 1)
+            values["seed"] = random_seed()
         try:
             task = GenerationTask(**values)
-            Performance.parse(task.performance)
         except ValidationError as error:
             raise HTTPException(422, validation_message(error, "task")) from None
         except ValueError as error:
             raise HTTPException(422, f"task: {error}") from None
         try:
-            check_model_names(task)
-        except ValueError as error:
+            admit(task, styles=self.styles, max_image_number=self.settings.default_max_image_number)
+        except AdmissionError as error:
             raise HTTPException(422, f"task.{error}") from None
-        if task.image_number > self.settings.default_max_image_number:
-            raise HTTPException(422, f"image_number {task.image_number} is above the server's maximum "
-                                     f"{self.settings.default_max_image_number}")
-        try:
-            self.styles.validate(task.styles)
-        except ValueError as error:
-            raise HTTPException(422, f"styles: {error}") from None
         return task
 
     def job(self, job_id: str) -> Job:

@@ -7,27 +7,20 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from foci import __version__
-from foci.task import SAMPLERS, SCHEDULERS, GenerationTask, LoraSpec
+from foci.fields import FieldFacts, task_fields
+from foci.messages import validation_message
+from foci.task import GenerationTask, LoraSpec, random_seed
 
 
 class CliError(Exception):
     """An error shown to the user as one line."""
-
-
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(p) for p in item.get("loc", ()) if p != "__root__")
-        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ options
@@ -48,52 +41,55 @@ def _add_download_options(parser: argparse.ArgumentParser) -> None:
                              "(repeatable; also $FOCI_MIRRORS)")
 
 
-def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("prompt", help="the prompt; several lines become separate items")
-    parser.add_argument("--negative", default=None, help="negative prompt")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the first image (random if omitted)")
-    parser.add_argument("--image-number", type=int, default=None)
-    parser.add_argument("--styles", default=None,
-                        help="comma-separated style names (\"\" for none); default from the preset")
+def _add_prompt_options(parser: argparse.ArgumentParser, model: type[GenerationTask] = GenerationTask) -> None:
+    _add_task_options(parser, model, prompt_command=True)
     expansion = parser.add_mutually_exclusive_group()
     expansion.add_argument("--expansion", dest="expansion", action="store_true", default=None,
                            help="add the Fooocus V2 prompt expansion")
     expansion.add_argument("--no-expansion", dest="expansion", action="store_false",
                            help="remove the Fooocus V2 prompt expansion")
-    parser.add_argument("--performance", default=None,
-                        help="Quality, Speed, Extreme Speed, Lightning or Hyper-SD")
-    parser.add_argument("--read-wildcards-in-order", action="store_true", default=None)
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
+def _add_task_options(parser: argparse.ArgumentParser, model: type[GenerationTask], *, prompt_command: bool) -> None:
+    """One option per task field with a CLI entry in the field table (those of ``foci prompt``, or the others)."""
+    for facts in task_fields(model):
+        cli = facts.cli
+        if cli is None or cli.prompt_command != prompt_command:
+            continue
+        if not cli.flag.startswith("-"):
+            parser.add_argument(cli.flag, help=cli.help)
+            continue
+        options: dict[str, Any] = {"dest": facts.name, "default": None, "help": _help(facts)}
+        if cli.action == "flag":
+            options |= {"action": "store_const", "const": cli.flag_value}
+        else:
+            if cli.action == "append":
+                options["action"] = "append"
+            if facts.type in (int, float) and cli.convert is None:
+                options["type"] = facts.type
+            if facts.literal:
+                options["choices"] = facts.choices
+            else:
+                options["metavar"] = cli.metavar or cli.flag.lstrip("-").upper().replace("-", "_")
+        parser.add_argument(cli.flag, **options)
+
+
+def _help(facts: FieldFacts) -> str | None:
+    """The option's help: the table's text, the allowed names of a validator-checked field, a number's range."""
+    parts = [facts.cli.help] if facts.cli is not None and facts.cli.help else []
+    if facts.choices is not None and not facts.literal:
+        parts.append(f"one of: {', '.join(map(str, facts.choices))}")
+    if facts.is_number and facts.ge is not None and facts.le is not None and facts.le < 2**31:
+        parts.append(f"({facts.ge:g} to {facts.le:g})")
+    return " ".join(parts) or None
+
+
+def _add_generate(sub: argparse._SubParsersAction, model: type[GenerationTask]) -> None:
     gen = sub.add_parser("generate", help="generate images from a prompt (no server needed)")
-    _add_prompt_options(gen)
+    _add_prompt_options(gen, model)
     _add_settings_options(gen)
     _add_download_options(gen)
-    gen.add_argument("--aspect", default=None, help="WIDTH*HEIGHT, e.g. 1152*896")
-    gen.add_argument("--steps", type=int, default=None)
-    gen.add_argument("--cfg", type=float, default=None, help="guidance scale")
-    gen.add_argument("--sharpness", type=float, default=None)
-    gen.add_argument("--sampler", default=None, help=f"one of: {', '.join(SAMPLERS)}")
-    gen.add_argument("--scheduler", default=None, help=f"one of: {', '.join(SCHEDULERS)}")
-    gen.add_argument("--clip-skip", type=int, default=None)
-    gen.add_argument("--adaptive-cfg", type=float, default=None, help="CFG mimicking scale")
-    gen.add_argument("--model", default=None, help="base SDXL checkpoint: a path or a name in the checkpoints folder")
-    gen.add_argument("--refiner", default=None, help="refiner checkpoint (path or name; None for none)")
-    gen.add_argument("--refiner-switch", type=float, default=None)
-    gen.add_argument("--refiner-swap-method", choices=("joint", "separate"), default=None)
-    gen.add_argument("--vae", default=None, help="VAE file overriding the checkpoint's VAE")
-    gen.add_argument("--lora", action="append", default=None, metavar="NAME:WEIGHT",
-                     help="a LoRA (repeatable); replaces the preset's LoRA slots; 'none' for no LoRA")
-    gen.add_argument("--freeu", action="store_true", default=None,
-                     help="enable FreeU (b1 1.01, b2 1.02, s1 0.99, s2 0.95)")
-    gen.add_argument("--sag", type=float, default=None, help="Self-Attention Guidance scale (0 = off)")
-    gen.add_argument("--perp-neg", type=float, default=None, help="Perp-Neg scale (0 = off)")
-    gen.add_argument("--format", choices=("png", "jpeg", "webp"), default=None)
-    gen.add_argument("--metadata-scheme", choices=("fooocus", "a1111"), default=None)
-    gen.add_argument("--no-metadata", action="store_true", help="do not embed metadata in images")
-    gen.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
-                     help="fp32 reproduces Fooocus exactly; auto picks bf16/fp16 where fast")
+    _add_task_options(gen, model, prompt_command=False)
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda[:N] or mps")
     gen.add_argument("--vram", choices=("auto", "high", "normal", "low"), default=os.environ.get("FOCI_VRAM", "auto"),
                      help="GPU memory policy: high keeps models on the GPU, normal offloads unused ones to RAM, "
@@ -138,7 +134,7 @@ def _engine(args: argparse.Namespace, settings, root: Path):
                             progress=tqdm_progress(file=sys.stderr, disable=getattr(args, "quiet", False)),
                             known_sha256=settings.model_sha256)
     engine = Engine.from_settings(settings, root=root, device=getattr(args, "device", "auto"),
-                                  precision=getattr(args, "precision", "auto"), downloader=downloader,
+                                  precision=getattr(args, "precision", None) or "auto", downloader=downloader,
                                   models_dir=Path(args.models_dir) if args.models_dir else None)
     downloader.hash_cache = engine.hash_cache  # pins (trust on first use) live next to the cached hashes
     engine.catalogue = load_catalogue(Path(catalogue_file)) if catalogue_file else None
@@ -148,47 +144,43 @@ def _engine(args: argparse.Namespace, settings, root: Path):
     return engine
 
 
-def _task_from_args(args: argparse.Namespace, settings) -> GenerationTask:
+def _comma_list(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _none_name(text: str) -> str | None:
+    return None if text == "None" else text
+
+
+def _loras(texts: list[str]) -> list[LoraSpec]:
+    return [_parse_lora(text) for text in texts if text.lower() != "none"]
+
+
+# Converters the field table names (``Cli.convert``): option text → field value.
+CLI_CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "comma_list": _comma_list, "none_name": _none_name, "loras": _loras,
+}
+
+
+def _task_from_args(args: argparse.Namespace, settings, model: type[GenerationTask] = GenerationTask) -> GenerationTask:
     """Preset/config defaults, then every flag the user actually typed."""
     from foci.text.styles import FOOOCUS_V2
 
-    values: dict[str, Any] = settings.task_defaults()
-    given = {
-        "prompt": args.prompt, "negative_prompt": args.negative, "seed": args.seed,
-        "image_number": args.image_number, "performance": args.performance,
-        "read_wildcards_in_order": args.read_wildcards_in_order,
-    }
-    if hasattr(args, "aspect"):
-        given |= {
-            "aspect_ratio": args.aspect, "steps": args.steps, "guidance_scale": args.cfg,
-            "sharpness": args.sharpness, "sampler": args.sampler, "scheduler": args.scheduler,
-            "clip_skip": args.clip_skip, "adaptive_cfg": args.adaptive_cfg, "base_model": args.model,
-            "refiner_model": None if args.refiner == "None" else args.refiner, "refiner_switch": args.refiner_switch,
-            "refiner_swap_method": args.refiner_swap_method, "vae": args.vae, "sag_scale": args.sag,
-            "perp_neg_scale": args.perp_neg, "output_format": args.format, "metadata_scheme": args.metadata_scheme,
-            "precision": args.precision,
-        }
-        if args.refiner == "None":
-            values["refiner_model"] = None
-        if args.freeu:
-            given["freeu"] = {"enabled": True}
-        if args.no_metadata:
-            given["save_metadata"] = False
-        if args.lora is not None:
-            given["loras"] = [_parse_lora(text) for text in args.lora if text.lower() != "none"]
-    values |= {key: value for key, value in given.items() if value is not None}
-    if args.styles is not None:
-        values["styles"] = [name.strip() for name in args.styles.split(",") if name.strip()]
+    values: dict[str, Any] = settings.task_defaults(model)
+    for facts in task_fields(model):
+        given = getattr(args, facts.name, None) if facts.cli is not None else None
+        if given is not None:
+            values[facts.name] = CLI_CONVERTERS[facts.cli.convert](given) if facts.cli.convert else given
     if args.expansion is True and FOOOCUS_V2 not in values["styles"]:
         values["styles"] = [FOOOCUS_V2, *values["styles"]]
     elif args.expansion is False:
         values["styles"] = [name for name in values["styles"] if name != FOOOCUS_V2]
     if values.get("seed") is None:
-        values["seed"] = int.from_bytes(os.urandom(8), "little") % (2**63)
+        values["seed"] = random_seed()
     try:
-        return GenerationTask(**values)
+        return model(**values)
     except ValidationError as error:
-        raise CliError(_validation_message(error)) from None
+        raise CliError(validation_message(error)) from None
     except ValueError as error:
         raise CliError(str(error)) from None
 
@@ -292,8 +284,8 @@ def _pin_model(engine, name: str, sha256: str | None) -> int:
     of the file present now)."""
     import re
 
-    from foci.downloads import load_catalogue
-    from foci.hash_cache import PINNED
+    from foci.files.downloads import load_catalogue
+    from foci.files.hash_cache import PINNED
 
     catalogue = engine.catalogue if engine.catalogue is not None else load_catalogue()
     if name not in catalogue:
@@ -394,14 +386,14 @@ def _run_make_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``foci`` argument parser."""
+def build_parser(model: type[GenerationTask] = GenerationTask) -> argparse.ArgumentParser:
+    """The ``foci`` argument parser; the task options come from ``model``'s field table."""
     parser = argparse.ArgumentParser(prog="foci", description="Offline SDXL image generation, Fooocus-style.")
     parser.add_argument("--version", action="version", version=f"foci {__version__}")
     sub = parser.add_subparsers(dest="command")
-    _add_generate(sub)
+    _add_generate(sub, model)
     prompt = sub.add_parser("prompt", help="print the prompt items each image would encode (no diffusion)")
-    _add_prompt_options(prompt)
+    _add_prompt_options(prompt, model)
     _add_settings_options(prompt)
     _add_download_options(prompt)
     styles = sub.add_parser("styles", help="list styles or show one")
@@ -477,7 +469,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("foci: interrupted", file=sys.stderr)
         return 130
     except ValidationError as error:
-        print(f"foci: error: {_validation_message(error)}", file=sys.stderr)
+        print(f"foci: error: {validation_message(error)}", file=sys.stderr)
         return 2
     except _USER_ERRORS as error:
         if os.environ.get("FOCI_DEBUG"):

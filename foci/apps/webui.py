@@ -19,10 +19,9 @@ import contextlib
 import html
 import io
 import json
-import secrets
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,18 @@ from PIL import Image
 from pydantic import ValidationError
 
 from foci.engine.engine import Engine
+from foci.fields import FieldFacts, task_fields
+from foci.messages import validation_message
 from foci.records.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL, task_from_metadata
 from foci.records.outputs import read_metadata
-from foci.service.admission import check_model_names
+from foci.service.admission import AdmissionError, admit
 from foci.service.events import EventBus, JobEvent, Subscription
 from foci.service.jobs import Job, JobError, JobImage, JobState, JobStore
 from foci.service.worker import Worker
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets, load_settings
 from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
-from foci.task import MAX_SEED, SAMPLERS, SCHEDULERS, GenerationTask
+from foci.task import MAX_SEED, GenerationTask, random_seed
 from foci.text.styles import StyleLibrary
 
 ASSETS_DIR = Path(__file__).with_name("ui_assets")
@@ -62,20 +63,6 @@ RESTRICTED_CONTROLS: tuple[str, ...] = (
 
 class UIError(ValueError):
     """A control value that cannot become a task; the message is shown to the user."""
-
-
-def _validation_message(error: ValidationError) -> str:
-    parts = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item.get("loc", ()))
-        message = str(item.get("msg", "invalid value")).removeprefix("Value error, ")
-        parts.append(f"{where}: {message}" if where else message)
-    return "; ".join(parts)
-
-
-def random_seed() -> int:
-    """A fresh seed in [0, 2^63 − 1]."""
-    return secrets.randbelow(MAX_SEED + 1)
 
 
 def parse_seed(text: object) -> int:
@@ -100,66 +87,6 @@ def _int(value: object, name: str) -> int:
     return int(number)
 
 
-def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | None = None) -> GenerationTask:
-    """Build the task a Generate click describes from control values keyed by control name.
-
-    ``seed`` replaces the seed box (used when "Random" is ticked). Raises :class:`UIError` with a readable
-    message for any invalid value; nothing is queued then.
-    """
-    loras = []
-    for row in range(lora_rows):
-        name = values.get(f"lora_name_{row}")
-        if name and name != NO_MODEL_LABEL:
-            loras.append({"name": str(name), "weight": values.get(f"lora_weight_{row}", 1.0),
-                          "enabled": bool(values.get(f"lora_enabled_{row}", True))})
-    refiner = values.get("refiner_model")
-    vae = values.get("vae")
-    fields: dict[str, Any] = {
-        "prompt": values.get("prompt") or "",
-        "negative_prompt": values.get("negative_prompt") or "",
-        "styles": list(values.get("styles") or []),
-        "performance": values.get("performance"),
-        "aspect_ratio": values.get("aspect_ratio"),
-        "image_number": _int(values.get("image_number"), "image number"),
-        "seed": parse_seed(values.get("seed")) if seed is None else seed,
-        "output_format": values.get("output_format"),
-        "guidance_scale": values.get("guidance_scale"),
-        "sharpness": values.get("sharpness"),
-        "sampler": values.get("sampler"),
-        "scheduler": values.get("scheduler"),
-        "clip_skip": _int(values.get("clip_skip"), "CLIP skip"),
-        "adaptive_cfg": values.get("adaptive_cfg"),
-        "adm_scaler_positive": values.get("adm_scaler_positive"),
-        "adm_scaler_negative": values.get("adm_scaler_negative"),
-        "adm_scaler_end": values.get("adm_scaler_end"),
-        "refiner_swap_method": values.get("refiner_swap_method"),
-        "base_model": values.get("base_model") or "",
-        "refiner_model": None if not refiner or refiner == NO_MODEL_LABEL else refiner,
-        "refiner_switch": values.get("refiner_switch"),
-        "vae": None if not vae or vae == DEFAULT_VAE_LABEL else vae,
-        "loras": loras,
-        "freeu": {"enabled": bool(values.get("freeu_enabled")), "b1": values.get("freeu_b1"),
-                  "b2": values.get("freeu_b2"), "s1": values.get("freeu_s1"), "s2": values.get("freeu_s2")},
-        "sag_scale": values.get("sag_scale"),
-        "perp_neg_scale": values.get("perp_neg_scale"),
-        "overwrite_step": _int(values.get("overwrite_step"), "forced sampling steps"),
-        "overwrite_switch": _int(values.get("overwrite_switch"), "forced refiner switch step"),
-        "overwrite_width": _int(values.get("overwrite_width"), "forced width"),
-        "overwrite_height": _int(values.get("overwrite_height"), "forced height"),
-        "disable_seed_increment": bool(values.get("disable_seed_increment")),
-        "read_wildcards_in_order": bool(values.get("read_wildcards_in_order")),
-        "save_metadata": bool(values.get("save_metadata")),
-        "metadata_scheme": values.get("metadata_scheme"),
-        "precision": values.get("precision"),
-    }
-    if not fields["base_model"]:
-        raise UIError("choose a base model in the Models tab")
-    try:
-        return GenerationTask(**fields)
-    except ValidationError as error:
-        raise UIError(_validation_message(error)) from None
-
-
 def _mode_steps(performance: str) -> int | None:
     try:
         return PERFORMANCE_MODES[Performance.parse(performance)].steps
@@ -167,38 +94,130 @@ def _mode_steps(performance: str) -> int | None:
         return None
 
 
-def values_from_task(task: GenerationTask, *, lora_rows: int) -> dict[str, Any]:
-    """Control values (keyed by control name) showing ``task``; the inverse of :func:`task_from_values`.
+def _lora_rows(values: Mapping[str, Any], lora_rows: int) -> list[dict[str, Any]]:
+    loras = []
+    for row in range(lora_rows):
+        name = values.get(f"lora_name_{row}")
+        if name and name != NO_MODEL_LABEL:
+            loras.append({"name": str(name), "weight": values.get(f"lora_weight_{row}", 1.0),
+                          "enabled": bool(values.get(f"lora_enabled_{row}", True))})
+    return loras
 
-    The UI has no step control (the performance mode decides, as in Fooocus): explicitly chosen steps that differ
-    from the mode's count appear as the developer "forced sampling steps" value.
-    """
-    overwrite_step = task.overwrite_step
-    if overwrite_step <= 0 and "steps" in task.model_fields_set and task.steps != _mode_steps(task.performance):
-        overwrite_step = task.steps
-    values: dict[str, Any] = {
-        "prompt": task.prompt, "negative_prompt": task.negative_prompt, "styles": list(task.styles),
-        "performance": task.performance, "aspect_ratio": task.aspect_ratio, "image_number": task.image_number,
-        "seed": str(task.seed), "output_format": task.output_format, "guidance_scale": task.guidance_scale,
-        "sharpness": task.sharpness, "sampler": task.sampler, "scheduler": task.scheduler,
-        "clip_skip": task.clip_skip, "adaptive_cfg": task.adaptive_cfg,
-        "adm_scaler_positive": task.adm_scaler_positive, "adm_scaler_negative": task.adm_scaler_negative,
-        "adm_scaler_end": task.adm_scaler_end, "refiner_swap_method": task.refiner_swap_method,
-        "base_model": task.base_model, "refiner_model": task.refiner_model or NO_MODEL_LABEL,
-        "refiner_switch": task.refiner_switch, "vae": task.vae or DEFAULT_VAE_LABEL,
-        "freeu_enabled": task.freeu.enabled, "freeu_b1": task.freeu.b1, "freeu_b2": task.freeu.b2,
-        "freeu_s1": task.freeu.s1, "freeu_s2": task.freeu.s2, "sag_scale": task.sag_scale,
-        "perp_neg_scale": task.perp_neg_scale, "overwrite_step": overwrite_step,
-        "overwrite_switch": task.overwrite_switch, "overwrite_width": task.overwrite_width,
-        "overwrite_height": task.overwrite_height, "disable_seed_increment": task.disable_seed_increment,
-        "read_wildcards_in_order": task.read_wildcards_in_order, "save_metadata": task.save_metadata,
-        "metadata_scheme": task.metadata_scheme, "precision": task.precision,
-    }
+
+def _lora_controls(task: GenerationTask, lora_rows: int) -> dict[str, Any]:
+    values: dict[str, Any] = {}
     for row in range(lora_rows):
         lora = task.loras[row] if row < len(task.loras) else None
         values[f"lora_enabled_{row}"] = lora.enabled if lora else True
         values[f"lora_name_{row}"] = lora.name if lora else NO_MODEL_LABEL
         values[f"lora_weight_{row}"] = lora.weight if lora else 1.0
+    return values
+
+
+_FREEU_CONTROLS = ("b1", "b2", "s1", "s2")
+
+
+def _overwrite_step_control(task: GenerationTask) -> int:
+    """The UI has no step control (the performance mode decides, as in Fooocus): explicitly chosen steps that
+    differ from the mode's count appear as the developer "forced sampling steps" value."""
+    if task.overwrite_step <= 0 and "steps" in task.model_fields_set and task.steps != _mode_steps(task.performance):
+        return task.steps
+    return task.overwrite_step
+
+
+def _name_or_none(value: Any, empty_label: str) -> Any:
+    """A model dropdown's value as a field value: None for nothing chosen or the "none" label."""
+    return None if not value or value == empty_label else value
+
+
+@dataclass(frozen=True)
+class UIConverter:
+    """Between a field and its control(s), for a field the table gives ``Control(convert=...)``.
+
+    ``to_task(values, facts, lora_rows)`` reads the control values (keyed by control name) into the field value;
+    ``to_controls(task, facts, lora_rows)`` gives the control values showing the field.
+    """
+
+    to_task: Callable[[Mapping[str, Any], FieldFacts, int], Any]
+    to_controls: Callable[[GenerationTask, FieldFacts, int], dict[str, Any]]
+
+
+def _plain(get: Callable[[GenerationTask, FieldFacts], Any]) -> Callable[[GenerationTask, FieldFacts, int], dict]:
+    return lambda task, facts, rows: {facts.name: get(task, facts)}
+
+
+# Converters the field table names (``Control.convert``).
+UI_CONVERTERS: Mapping[str, UIConverter] = {
+    "seed": UIConverter(lambda values, facts, rows: parse_seed(values.get("seed")),
+                        _plain(lambda task, facts: str(task.seed))),
+    "list": UIConverter(lambda values, facts, rows: list(values.get(facts.name) or []),
+                        _plain(lambda task, facts: list(getattr(task, facts.name)))),
+    "text": UIConverter(lambda values, facts, rows: values.get(facts.name) or "",
+                        _plain(lambda task, facts: getattr(task, facts.name))),
+    "no_model": UIConverter(lambda values, facts, rows: _name_or_none(values.get(facts.name), NO_MODEL_LABEL),
+                            _plain(lambda task, facts: getattr(task, facts.name) or NO_MODEL_LABEL)),
+    "vae": UIConverter(lambda values, facts, rows: _name_or_none(values.get(facts.name), DEFAULT_VAE_LABEL),
+                       _plain(lambda task, facts: getattr(task, facts.name) or DEFAULT_VAE_LABEL)),
+    "loras": UIConverter(lambda values, facts, rows: _lora_rows(values, rows),
+                         lambda task, facts, rows: _lora_controls(task, rows)),
+    "freeu": UIConverter(
+        lambda values, facts, rows: {"enabled": bool(values.get("freeu_enabled")),
+                                     **{name: values.get(f"freeu_{name}") for name in _FREEU_CONTROLS}},
+        lambda task, facts, rows: {"freeu_enabled": task.freeu.enabled,
+                                   **{f"freeu_{name}": getattr(task.freeu, name) for name in _FREEU_CONTROLS}}),
+    "overwrite_step": UIConverter(lambda values, facts, rows: _plain_value(values, facts),
+                                  _plain(lambda task, facts: _overwrite_step_control(task))),
+}
+
+
+def _plain_value(values: Mapping[str, Any], facts: FieldFacts) -> Any:
+    """A control value as the field's value: text boxes give text, whole-number controls whole numbers."""
+    value = values.get(facts.name)
+    ui = facts.ui
+    if ui is not None and ui.kind == "checkbox":
+        return bool(value)
+    if ui is not None and ui.kind == "textbox":
+        return value or ""
+    if facts.type is int:
+        return _int(value, ui.name or ui.label if ui is not None else facts.name)
+    return value
+
+
+def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | None = None) -> GenerationTask:
+    """Build the task a Generate click describes from control values keyed by control name (one per field of the
+    field table with a UI control).
+
+    ``seed`` replaces the seed box (used when "Random" is ticked). Raises :class:`UIError` with a readable
+    message for any invalid value; nothing is queued then.
+    """
+    fields: dict[str, Any] = {}
+    for facts in task_fields():
+        if facts.ui is None:
+            continue
+        if facts.name == "seed" and seed is not None:
+            fields["seed"] = seed
+        elif facts.ui.convert is not None:
+            fields[facts.name] = UI_CONVERTERS[facts.ui.convert].to_task(values, facts, lora_rows)
+        else:
+            fields[facts.name] = _plain_value(values, facts)
+    if not fields["base_model"]:
+        raise UIError("choose a base model in the Models tab")
+    try:
+        return GenerationTask(**fields)
+    except ValidationError as error:
+        raise UIError(validation_message(error)) from None
+
+
+def values_from_task(task: GenerationTask, *, lora_rows: int) -> dict[str, Any]:
+    """Control values (keyed by control name) showing ``task``; the inverse of :func:`task_from_values`."""
+    values: dict[str, Any] = {}
+    for facts in task_fields(type(task)):
+        if facts.ui is None:
+            continue
+        if facts.ui.convert is not None:
+            values.update(UI_CONVERTERS[facts.ui.convert].to_controls(task, facts, lora_rows))
+        else:
+            values[facts.name] = getattr(task, facts.name)
     return values
 
 
@@ -318,7 +337,7 @@ class FociUI:
         try:
             self.default_task = GenerationTask(**values)
         except ValidationError as error:
-            raise UIError(f"invalid UI defaults: {_validation_message(error)}") from None
+            raise UIError(f"invalid UI defaults: {validation_message(error)}") from None
         self.random_by_default = "seed" not in (defaults or {})
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
@@ -337,16 +356,9 @@ class FociUI:
         """The task of a Generate click; :class:`UIError` for anything the queue would refuse."""
         task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None)
         try:
-            check_model_names(task)
-        except ValueError as error:
+            admit(task, styles=self.styles, max_image_number=self.settings.default_max_image_number)
+        except AdmissionError as error:
             raise UIError(str(error)) from None
-        try:
-            self.styles.validate(task.styles)
-        except ValueError as error:
-            raise UIError(f"styles: {error}") from None
-        if task.image_number > self.settings.default_max_image_number:
-            raise UIError(f"image number {task.image_number} is above the maximum "
-                          f"{self.settings.default_max_image_number}")
         return task
 
     def _model_choices(self, current: str | None = None) -> list[str]:
@@ -435,11 +447,7 @@ class FociUI:
                             field("aspect_ratio", gr.Radio(self._aspect_choices(values["aspect_ratio"]),
                                                            value=values["aspect_ratio"], show_label=False,
                                                            elem_id="foci-aspect"))
-                        field("image_number", gr.Slider(1, settings.default_max_image_number,
-                                                        value=values["image_number"], step=1,
-                                                        label="Image Number", elem_id="foci-image-number"))
-                        field("output_format", gr.Radio(["png", "jpeg", "webp"], value=values["output_format"],
-                                                        label="Output Format"))
+                        self._controls_at("settings", values, locked=initial.locked)
                         field("negative_prompt", gr.Textbox(values["negative_prompt"], lines=2,
                                                             label="Negative Prompt",
                                                             placeholder="What the picture should avoid",
@@ -467,9 +475,7 @@ class FociUI:
                             [NO_MODEL_LABEL, *self._model_choices(values["base_model"])],
                             value=values["refiner_model"], label="Refiner", allow_custom_value=True,
                             interactive=not initial.locked, elem_id="foci-refiner"))
-                        field("refiner_switch", gr.Slider(0.1, 1.0, value=values["refiner_switch"], step=0.0001,
-                                                          label="Refiner Switch At", interactive=not initial.locked,
-                                                          elem_id="foci-refiner-switch"))
+                        self._controls_at("models", values, locked=initial.locked)
                         lora_names: list[gr.Dropdown] = []
                         for row in range(self.lora_rows):
                             with gr.Row():
@@ -484,12 +490,7 @@ class FociUI:
                                     value=values[f"lora_weight_{row}"], step=0.01, label="Weight", scale=5))
                         refresh = gr.Button("Refresh files", size="sm")
                     with gr.Tab("Advanced", elem_id="foci-tab-advanced"):
-                        field("guidance_scale", gr.Slider(1.0, 30.0, value=values["guidance_scale"], step=0.01,
-                                                          label="Guidance Scale", interactive=not initial.locked,
-                                                          elem_id="foci-guidance"))
-                        field("sharpness", gr.Slider(0.0, 30.0, value=values["sharpness"], step=0.001,
-                                                     label="Image Sharpness", interactive=not initial.locked,
-                                                     elem_id="foci-sharpness"))
+                        self._controls_at("advanced", values, locked=initial.locked)
                         developer = gr.Checkbox(settings.default_developer_debug_mode_checkbox,
                                                 label="Developer options", elem_id="foci-developer")
                         with gr.Column(visible=settings.default_developer_debug_mode_checkbox) as developer_box:
@@ -502,52 +503,47 @@ class FociUI:
                 developer=developer, developer_box=developer_box, saved=saved))
         return blocks
 
+    def _controls_at(self, place: str, values: dict[str, Any], *, locked: bool) -> None:
+        """The controls of every field the table puts at ``place``, in field order."""
+        for facts in task_fields():
+            if facts.ui is not None and facts.ui.place == place:
+                self._fields(facts.name, self._control(facts, values[facts.name], locked=locked))
+
+    def _control(self, facts: FieldFacts, value: Any, *, locked: bool) -> gr.components.Component:
+        """The Gradio component of a field's ``Control``: range from the field's bounds (the image number up to
+        the server's maximum), choices from its type; restricted controls locked while ``locked``."""
+        ui = facts.ui
+        assert ui is not None
+        options: dict[str, Any] = {"label": ui.label}
+        if ui.elem_id:
+            options["elem_id"] = ui.elem_id
+        if facts.name in RESTRICTED_CONTROLS:
+            options["interactive"] = not locked
+        maximum = self.settings.default_max_image_number if facts.name == "image_number" else facts.le
+        if ui.kind == "slider":
+            return gr.Slider(facts.ge, maximum, value=value, step=ui.step, **options)
+        if ui.kind == "number":
+            return gr.Number(value, precision=0 if facts.type is int else None, minimum=facts.ge, maximum=maximum,
+                             **options)
+        if ui.kind == "checkbox":
+            return gr.Checkbox(value, **options)
+        if ui.kind == "radio":
+            return gr.Radio(list(facts.choices or ()), value=value, **options)
+        if ui.kind == "dropdown" and ui.convert == "vae":
+            return gr.Dropdown([DEFAULT_VAE_LABEL, *self._files("vae")], value=value, allow_custom_value=True,
+                               **options)
+        if ui.kind == "dropdown":
+            return gr.Dropdown(list(facts.choices or ()), value=value, **options)
+        raise ValueError(f"field {facts.name!r}: no generic control of kind {ui.kind!r}")
+
     def _developer_controls(self, values: dict[str, Any], *, locked: bool) -> None:
         field = self._fields
-        lock = {"interactive": not locked}
         with gr.Tabs():
             with gr.Tab("Sampling"):
-                field("sampler", gr.Dropdown(list(SAMPLERS), value=values["sampler"], label="Sampler",
-                                             elem_id="foci-sampler", **lock))
-                field("scheduler", gr.Dropdown(list(SCHEDULERS), value=values["scheduler"], label="Scheduler",
-                                               elem_id="foci-scheduler", **lock))
-                field("adm_scaler_positive", gr.Slider(0.1, 3.0, value=values["adm_scaler_positive"], step=0.001,
-                                                       label="ADM scaler, positive", **lock))
-                field("adm_scaler_negative", gr.Slider(0.1, 3.0, value=values["adm_scaler_negative"], step=0.001,
-                                                       label="ADM scaler, negative", **lock))
-                field("adm_scaler_end", gr.Slider(0.0, 1.0, value=values["adm_scaler_end"], step=0.001,
-                                                  label="ADM guidance ends at", **lock))
-                field("adaptive_cfg", gr.Slider(1.0, 30.0, value=values["adaptive_cfg"], step=0.01,
-                                                label="CFG mimicking (TSNR)", elem_id="foci-adaptive-cfg", **lock))
-                field("clip_skip", gr.Slider(1, 12, value=values["clip_skip"], step=1, label="CLIP skip"))
-                field("refiner_swap_method", gr.Radio(["joint", "separate"], value=values["refiner_swap_method"],
-                                                      label="Refiner swap method", **lock))
-                field("vae", gr.Dropdown([DEFAULT_VAE_LABEL, *self._files("vae")], value=values["vae"], label="VAE",
-                                         allow_custom_value=True))
-                field("sag_scale", gr.Slider(0.0, 10.0, value=values["sag_scale"], step=0.01,
-                                             label="Self-attention guidance (0 = off)"))
-                field("perp_neg_scale", gr.Slider(0.0, 10.0, value=values["perp_neg_scale"], step=0.01,
-                                                  label="Perp-Neg (0 = off)"))
+                self._controls_at("sampling", values, locked=locked)
             with gr.Tab("Overrides"):
-                field("overwrite_step", gr.Number(values["overwrite_step"], precision=0, minimum=-1, maximum=200,
-                                                  label="Forced sampling steps (-1 = from performance)",
-                                                  elem_id="foci-overwrite-step"))
-                field("overwrite_switch", gr.Number(values["overwrite_switch"], precision=0, minimum=-1,
-                                                    maximum=200, label="Forced refiner switch step (-1 = off)"))
-                field("overwrite_width", gr.Number(values["overwrite_width"], precision=0, minimum=-1,
-                                                   maximum=4096, label="Forced width (-1 = off)"))
-                field("overwrite_height", gr.Number(values["overwrite_height"], precision=0, minimum=-1,
-                                                    maximum=4096, label="Forced height (-1 = off)"))
-                field("disable_seed_increment", gr.Checkbox(values["disable_seed_increment"],
-                                                            label="Same seed for every image"))
-                field("read_wildcards_in_order", gr.Checkbox(values["read_wildcards_in_order"],
-                                                             label="Read wildcards in order"))
-                field("save_metadata", gr.Checkbox(values["save_metadata"], label="Save metadata to images"))
-                field("metadata_scheme", gr.Radio(["fooocus", "a1111"], value=values["metadata_scheme"],
-                                                  label="Metadata scheme"))
-                field("precision", gr.Radio(["auto", "fp32", "bf16", "fp16"], value=values["precision"],
-                                            label="Precision"))
-            with gr.Tab("FreeU"):
+                self._controls_at("overrides", values, locked=locked)
+            with gr.Tab("FreeU"):  # Fooocus's slider ranges, narrower than the 0–10 the task accepts
                 field("freeu_enabled", gr.Checkbox(values["freeu_enabled"], label="Enabled"))
                 field("freeu_b1", gr.Slider(0.0, 2.0, value=values["freeu_b1"], step=0.01, label="B1"))
                 field("freeu_b2", gr.Slider(0.0, 2.0, value=values["freeu_b2"], step=0.01, label="B2"))

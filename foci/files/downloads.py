@@ -35,6 +35,8 @@ from urllib.parse import urlsplit
 
 from foci.files.folders import MODEL_KINDS, ModelFolders
 from foci.files.netpolicy import DEFAULT_MAX_REDIRECTS, AddressPolicy, AddressRefused, open_url
+from foci.settings.config import preset_performance
+from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
 
 if TYPE_CHECKING:
     from foci.files.hash_cache import HashCache
@@ -46,17 +48,6 @@ ALWAYS = "always"
 """The `presets` tag of files every preset needs (VAE approximations, interposer, prompt expansion)."""
 
 PRESETS: tuple[str, ...] = ("default", "anime", "realistic", "lcm", "lightning", "playground_v2.5", "pony_v6", "sai")
-# Each preset's own performance (§1.12) and the LoRA each performance adds (§1.9).
-PRESET_PERFORMANCE: Mapping[str, str] = {
-    "default": "Speed", "anime": "Speed", "realistic": "Speed", "lcm": "Extreme Speed", "lightning": "Lightning",
-    "playground_v2.5": "Speed", "pony_v6": "Speed", "sai": "Speed",
-}
-PERFORMANCES: tuple[str, ...] = ("Quality", "Speed", "Extreme Speed", "Lightning", "Hyper-SD")
-PERFORMANCE_LORAS: Mapping[str, str] = {
-    "Extreme Speed": "sdxl_lcm_lora.safetensors",
-    "Lightning": "sdxl_lightning_4step_lora.safetensors",
-    "Hyper-SD": "sdxl_hyper_sd_4step_lora.safetensors",
-}
 # Files an optional feature pulls on first use (§2.24 "When" column).
 FEATURE_FILES: Mapping[str, tuple[str, ...]] = {
     "inpaint_v1": ("fooocus_inpaint_head.pth", "inpaint.fooocus.patch"),
@@ -187,17 +178,21 @@ def required_files(preset: str, *, performance: str | None = None,
     The always-needed files, the preset's own files, and the LoRA of `performance` (default: the preset's own,
     e.g. Extreme Speed for `lcm`); an explicit performance replaces the preset's performance LoRA.
     """
-    if preset not in PRESET_PERFORMANCE:
+    if preset not in PRESETS:
         raise CatalogueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    effective = _normalise_performance(performance) if performance is not None else PRESET_PERFORMANCE[preset]
+    try:
+        effective = Performance.parse(performance if performance is not None else preset_performance(preset))
+    except PerformanceError as error:
+        raise CatalogueError(str(error)) from None
     catalogue = load_catalogue() if catalogue is None else catalogue
-    performance_loras = set(PERFORMANCE_LORAS.values())
+    performance_loras = performance_lora_names()
     names = [name for name, entry in catalogue.items()
              if name not in performance_loras and (ALWAYS in entry.presets or preset in entry.presets)]
-    lora = PERFORMANCE_LORAS.get(effective)
-    if lora is not None:
+    mode_lora = PERFORMANCE_MODES[effective].lora
+    if mode_lora is not None:
+        lora = mode_lora[0]
         if lora not in catalogue:
-            raise CatalogueError(f"catalogue has no entry {lora!r} for performance {effective!r}")
+            raise CatalogueError(f"catalogue has no entry {lora!r} for performance {effective.value!r}")
         names.append(lora)
     return names
 
@@ -208,14 +203,6 @@ def feature_files(feature: str) -> list[str]:
         return list(FEATURE_FILES[feature])
     except KeyError:
         raise CatalogueError(f"unknown feature {feature!r}; known: {', '.join(FEATURE_FILES)}") from None
-
-
-def _normalise_performance(performance: str) -> str:
-    folded = performance.strip().replace("_", " ").replace("-", " ").casefold()
-    for known in PERFORMANCES:
-        if known.replace("-", " ").casefold() == folded:
-            return known
-    raise CatalogueError(f"unknown performance {performance!r}; known: {', '.join(PERFORMANCES)}")
 
 
 # --------------------------------------------------------------------------------------------------- downloads

@@ -4,6 +4,11 @@ Both writers are pure functions of an :class:`ImageRecord` (no timestamps), so t
 the same bytes. :func:`task_from_metadata` is their inverse; it also reads metadata written by Fooocus and,
 for the ``a1111`` scheme, by AUTOMATIC1111.
 
+Writers and readers are loops over the field table (:mod:`foci.fields`): each task field names its key in each
+scheme (``fooocus=`` / ``a1111=``), when the key is left out, and, for a value that is not written as the plain
+field value, a codec of :data:`FOOOCUS_CODECS` / :data:`A1111_CODECS`. The a1111 line keeps the order of
+:data:`A1111_KEY_ORDER` (a key it does not list goes before the LoRAs).
+
 Foci extensions to the Fooocus layouts (all ignored by Fooocus's reader):
 
 * fooocus JSON: ``software``, ``device``, ``precision``; ``sag_scale`` / ``perp_neg_scale`` when non-zero.
@@ -20,16 +25,22 @@ from __future__ import annotations
 import ast
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import PydanticUndefined
 
+from foci.fields import FieldFacts, Meta, task_fields
+from foci.records.style_recovery import extract_styles_from_prompt
 from foci.task import SAMPLERS, GenerationTask, LoraSpec
-from foci.text.prompt_plan import split_prompt
-from foci.text.styles import FOOOCUS_V2, PROMPT_PLACEHOLDER, StyleLibrary
+from foci.text.styles import StyleLibrary
+
+__all__ = ["A1111_CODECS", "FOOOCUS_CODECS", "ImageRecord", "MetadataError", "a1111_sampler_label",
+           "extract_styles_from_prompt", "parse_a1111_parameters", "task_from_metadata", "to_a1111_text",
+           "to_fooocus_json", "version_label"]
 
 METADATA_SCHEMES: tuple[str, ...] = ("fooocus", "a1111")
 DEFAULT_VAE_LABEL = "Default (model)"
@@ -86,42 +97,13 @@ _A1111_SCHEDULE_TYPES: dict[str, str] = {
     "Align Your Steps": "align_your_steps",
 }
 
-# Task field → key in each scheme, for error messages.
-_FOOOCUS_KEYS: dict[str, str] = {
-    "guidance_scale": "guidance_scale",
-    "aspect_ratio": "resolution",
-    "adm_scaler_positive": "adm_guidance",
-    "adm_scaler_negative": "adm_guidance",
-    "adm_scaler_end": "adm_guidance",
-    "freeu": "freeu",
-    "loras": "loras",
-}
-_A1111_KEYS: dict[str, str] = {
-    "steps": "Steps",
-    "sampler": "Sampler",
-    "seed": "Seed",
-    "aspect_ratio": "Size",
-    "guidance_scale": "CFG scale",
-    "sharpness": "Sharpness",
-    "adm_scaler_positive": "ADM Guidance",
-    "adm_scaler_negative": "ADM Guidance",
-    "adm_scaler_end": "ADM Guidance",
-    "base_model": "Model",
-    "performance": "Performance",
-    "scheduler": "Scheduler",
-    "vae": "VAE",
-    "refiner_model": "Refiner",
-    "refiner_switch": "Refiner switch at",
-    "adaptive_cfg": "Adaptive CFG",
-    "clip_skip": "Clip skip",
-    "overwrite_switch": "Overwrite Switch",
-    "refiner_swap_method": "Refiner Swap Method",
-    "freeu": "FreeU",
-    "loras": "Lora weights",
-    "precision": "Precision",
-    "sag_scale": "SAG scale",
-    "perp_neg_scale": "Perp-Neg scale",
-}
+# The a1111 parameter line, in this order (a key not listed goes before "Lora hashes").
+A1111_KEY_ORDER: tuple[str, ...] = (
+    "Steps", "Sampler", "Foci sampler", "Seed", "Size", "CFG scale", "Sharpness", "ADM Guidance", "Model",
+    "Model hash", "Performance", "Scheduler", "VAE", "Raw prompt", "Raw negative prompt", "Styles", "Refiner",
+    "Refiner hash", "Refiner switch at", "Adaptive CFG", "Clip skip", "Overwrite Switch", "Refiner Swap Method",
+    "FreeU", "SAG scale", "Perp-Neg scale", "Precision", "Lora hashes", "Lora weights", "Version",
+)
 
 
 class MetadataError(ValueError):
@@ -150,9 +132,6 @@ class ImageRecord(BaseModel):
     device: str
 
 
-# --------------------------------------------------------------------------------------------------- writers
-
-
 def _stem(name: str) -> str:
     """File stem of a model name or path, as Fooocus stores it."""
     return PurePath(name.replace("\\", "/")).stem
@@ -177,59 +156,6 @@ def _vae_label(record: ImageRecord) -> str:
     return _stem(record.vae_name) if record.vae_name else DEFAULT_VAE_LABEL
 
 
-def to_fooocus_json(record: ImageRecord) -> str:
-    """The ``fooocus`` scheme payload: sorted-keys JSON of the logged parameters (§1.11) plus Foci's keys."""
-    task = record.task
-    refiner = _refiner_stem(record)
-    data: dict[str, Any] = {
-        "prompt": task.prompt,
-        "negative_prompt": task.negative_prompt,
-        "prompt_expansion": record.prompt_expansion,
-        "styles": str(list(task.styles)),
-        "performance": task.performance,
-        "steps": task.effective_steps,
-        "resolution": str((record.width, record.height)),
-        "guidance_scale": task.guidance_scale,
-        "sharpness": task.sharpness,
-        "adm_guidance": str((task.adm_scaler_positive, task.adm_scaler_negative, task.adm_scaler_end)),
-        "base_model": _stem(record.base_model_name),
-        "base_model_hash": record.base_model_hash,
-        "refiner_model": refiner or NO_MODEL_LABEL,
-        "refiner_switch": task.refiner_switch,
-        "sampler": task.sampler,
-        "scheduler": task.scheduler,
-        "vae": _vae_label(record),
-        "seed": str(record.seed),
-        "loras": [[_stem(name), weight, lora_hash] for name, weight, lora_hash in record.loras],
-        "full_prompt": list(record.positive_items),
-        "full_negative_prompt": list(record.negative_items),
-        "metadata_scheme": "fooocus",
-        "version": version_label(record.software),
-        "software": record.software,
-        "device": record.device,
-        "precision": task.precision,
-    }
-    if refiner is not None:
-        data["refiner_model_hash"] = record.refiner_model_hash
-    if task.overwrite_switch > 0:
-        data["overwrite_switch"] = task.overwrite_switch
-    if task.refiner_swap_method != "joint":
-        data["refiner_swap_method"] = task.refiner_swap_method
-    if task.adaptive_cfg != DEFAULT_ADAPTIVE_CFG:
-        data["adaptive_cfg"] = task.adaptive_cfg
-    if task.clip_skip > 1:
-        data["clip_skip"] = task.clip_skip
-    if task.freeu.enabled:
-        data["freeu"] = str((task.freeu.b1, task.freeu.b2, task.freeu.s1, task.freeu.s2))
-    if task.sag_scale > 0:
-        data["sag_scale"] = task.sag_scale
-    if task.perp_neg_scale > 0:
-        data["perp_neg_scale"] = task.perp_neg_scale
-    for index, (name, weight, _) in enumerate(record.loras, start=1):
-        data[f"lora_combined_{index}"] = f"{_stem(name)} : {weight}"
-    return json.dumps(data, sort_keys=True)
-
-
 def _quote(value: object) -> str:
     """A1111 quoting: JSON-quote a value containing ``,`` ``:`` or a newline (or starting with a quote)."""
     text = str(value)
@@ -246,66 +172,6 @@ def a1111_sampler_label(sampler: str, scheduler: str) -> str:
     if scheduler == "karras" and name not in _NO_KARRAS:
         return name + _KARRAS_SUFFIX
     return name
-
-
-def to_a1111_text(record: ImageRecord) -> str:
-    """The ``a1111`` scheme payload: prompt, ``Negative prompt:`` line, one line of ``Key: value`` pairs."""
-    task = record.task
-    a1111_name = A1111_SAMPLER_NAMES.get(task.sampler)
-    params: list[tuple[str, object]] = [
-        ("Steps", task.effective_steps),
-        ("Sampler", a1111_sampler_label(task.sampler, task.scheduler)),
-    ]
-    if a1111_name is not None and _SAMPLER_FROM_A1111[a1111_name] != task.sampler:
-        params.append(("Foci sampler", task.sampler))
-    params += [
-        ("Seed", record.seed),
-        ("Size", f"{record.width}x{record.height}"),
-        ("CFG scale", task.guidance_scale),
-        ("Sharpness", task.sharpness),
-        ("ADM Guidance", str((task.adm_scaler_positive, task.adm_scaler_negative, task.adm_scaler_end))),
-        ("Model", _stem(record.base_model_name)),
-        ("Model hash", record.base_model_hash),
-        ("Performance", task.performance),
-        ("Scheduler", task.scheduler),
-        ("VAE", _vae_label(record)),
-        ("Raw prompt", task.prompt),
-        ("Raw negative prompt", task.negative_prompt),
-        ("Styles", str(list(task.styles))),
-    ]
-    refiner = _refiner_stem(record)
-    if refiner is not None:
-        params += [
-            ("Refiner", refiner),
-            ("Refiner hash", record.refiner_model_hash),
-            ("Refiner switch at", task.refiner_switch),
-        ]
-    if task.adaptive_cfg != DEFAULT_ADAPTIVE_CFG:
-        params.append(("Adaptive CFG", task.adaptive_cfg))
-    if task.clip_skip > 1:
-        params.append(("Clip skip", task.clip_skip))
-    if task.overwrite_switch > 0:
-        params.append(("Overwrite Switch", task.overwrite_switch))
-    if task.refiner_swap_method != "joint":
-        params.append(("Refiner Swap Method", task.refiner_swap_method))
-    if task.freeu.enabled:
-        params.append(("FreeU", str((task.freeu.b1, task.freeu.b2, task.freeu.s1, task.freeu.s2))))
-    if task.sag_scale > 0:
-        params.append(("SAG scale", task.sag_scale))
-    if task.perp_neg_scale > 0:
-        params.append(("Perp-Neg scale", task.perp_neg_scale))
-    if task.precision != "auto":
-        params.append(("Precision", task.precision))
-    if record.loras:
-        params.append(("Lora hashes", ", ".join(f"{_stem(n)}: {h}" for n, _, h in record.loras)))
-        params.append(("Lora weights", ", ".join(f"{_stem(n)}: {w}" for n, w, _ in record.loras)))
-    params.append(("Version", version_label(record.software)))
-
-    line = ", ".join(f"{key}: {_quote(value)}" for key, value in params)
-    positive = ", ".join(record.positive_items)
-    negative = ", ".join(record.negative_items)
-    negative_line = f"\nNegative prompt: {negative}" if negative else ""
-    return f"{positive}{negative_line}\n{line}".strip()
 
 
 # --------------------------------------------------------------------------------------------------- readers
@@ -409,65 +275,7 @@ def _optional_model(
     return _resolve(text, candidates)
 
 
-def _build_task(fields: dict[str, Any], key_names: dict[str, str]) -> GenerationTask:
-    """Validate collected fields into a task, naming the metadata key of the first invalid value."""
-    try:
-        return GenerationTask(**fields)
-    except ValidationError as error:
-        first = error.errors()[0]
-        location = [str(part) for part in first.get("loc", ())]
-        task_field = location[0] if location else "aspect_ratio"
-        key = key_names.get(task_field, task_field)
-        detail = first.get("msg", str(error))
-        raise _fail(key, detail) from None
-
-
-def _field(data: dict[str, Any], key: str, convert: Callable[[str, object], Any]) -> Any:
-    return convert(key, data[key])
-
-
-def _task_from_fooocus(
-    data: dict[str, Any], model_files: Iterable[str], lora_files: Iterable[str], vae_files: Iterable[str]
-) -> GenerationTask:
-    fields: dict[str, Any] = {"metadata_scheme": "fooocus", "save_metadata": True}
-    # Fooocus omits clip_skip when it is 1, so a record written by Fooocus/Foci (it has "version") means 1.
-    if "version" in data:
-        fields["clip_skip"] = 1
-    text_keys = {"prompt": "prompt", "negative_prompt": "negative_prompt", "performance": "performance",
-                 "sampler": "sampler", "scheduler": "scheduler", "refiner_swap_method": "refiner_swap_method",
-                 "precision": "precision"}
-    for key, task_field in text_keys.items():
-        if key in data:
-            fields[task_field] = _field(data, key, _as_text)
-    int_keys = {"steps": "steps", "seed": "seed", "clip_skip": "clip_skip",
-                "overwrite_switch": "overwrite_switch"}
-    for key, task_field in int_keys.items():
-        if key in data:
-            fields[task_field] = _field(data, key, _as_int)
-    float_keys = {"guidance_scale": "guidance_scale", "sharpness": "sharpness",
-                  "refiner_switch": "refiner_switch", "adaptive_cfg": "adaptive_cfg",
-                  "sag_scale": "sag_scale", "perp_neg_scale": "perp_neg_scale"}
-    for key, task_field in float_keys.items():
-        if key in data:
-            fields[task_field] = _field(data, key, _as_float)
-    if "styles" in data:
-        fields["styles"] = _field(data, "styles", _as_text_list)
-    if "resolution" in data:
-        fields["aspect_ratio"] = _as_size("resolution", data["resolution"], "x")
-    fields.update(_guidance_fields(data, adm_key="adm_guidance", freeu_key="freeu"))
-    if "base_model" in data:
-        fields["base_model"] = _resolve(_as_text("base_model", data["base_model"]).strip(), model_files)
-    if "refiner_model" in data:
-        fields["refiner_model"] = _optional_model(
-            "refiner_model", data["refiner_model"], model_files, (NO_MODEL_LABEL,)
-        )
-    if "vae" in data:
-        fields["vae"] = _optional_model("vae", data["vae"], vae_files, (DEFAULT_VAE_LABEL, NO_MODEL_LABEL))
-    fields["loras"] = _fooocus_loras(data, list(lora_files))
-    return _build_task(fields, _FOOOCUS_KEYS)
-
-
-def _fooocus_loras(data: dict[str, Any], lora_files: list[str]) -> list[LoraSpec]:
+def _fooocus_loras(data: Mapping[str, Any], lora_files: list[str]) -> list[LoraSpec]:
     """LoRAs from ``loras`` ([stem, weight, hash] rows), else from the ``lora_combined_N`` strings."""
     pairs: list[tuple[str, float]] = []
     if "loras" in data:
@@ -525,209 +333,7 @@ def _split_a1111(text: str) -> tuple[str, str, dict[str, str]]:
     return "\n".join(positive).strip(), "\n".join(negative).strip(), params
 
 
-# --------------------------------------------------------------------------------------------- style recovery
-
-_SEPARATOR = ", "
-_SEARCH_BUDGET = 4000  # search nodes per call; far above what real prompts need
-
-
-def _items_text(template: str) -> str:
-    """A style text as it appears in a written prompt: its non-empty lines, each an item, joined by ``", "``."""
-    return _SEPARATOR.join(line for line in template.splitlines() if line)
-
-
-def _strip_front(text: str, piece: str) -> str | None:
-    """``text`` without the leading items ``piece`` (followed by ``", "`` or the end); None if it does not lead."""
-    if text == piece:
-        return ""
-    if text.startswith(piece + _SEPARATOR):
-        return text[len(piece) + len(_SEPARATOR):]
-    return None
-
-
-def _remove_items(text: str, piece: str) -> str | None:
-    """``text`` without the first occurrence of the whole items ``piece``; None if it holds no such occurrence."""
-    start = 0
-    while (index := text.find(piece, start)) >= 0:
-        end = index + len(piece)
-        before_ok = index == 0 or text[:index].endswith(_SEPARATOR)
-        after_ok = end == len(text) or text.startswith(_SEPARATOR, end)
-        if before_ok and after_ok:
-            head = text[:index].removesuffix(_SEPARATOR) if index else ""
-            tail = text[end:].removeprefix(_SEPARATOR)
-            return _SEPARATOR.join(part for part in (head, tail) if part)
-        start = index + 1
-    return None
-
-
-def _item_starts(text: str) -> list[int]:
-    """Offsets in ``text`` where an item may start: 0 and just after every ``", "``."""
-    starts = [0]
-    index = text.find(_SEPARATOR)
-    while index >= 0:
-        starts.append(index + len(_SEPARATOR))
-        index = text.find(_SEPARATOR, index + 1)
-    return starts
-
-
-@dataclass(frozen=True)
-class _Template:
-    """One library style in written form."""
-
-    name: str
-    positive: str
-    negative: str
-
-
-@dataclass(frozen=True)
-class _Parse:
-    """A way of reading a prompt pair: styles un-wrapped so far, what is left, and the prompt they wrapped."""
-
-    styles: tuple[str, ...]
-    positive: str
-    negative: str
-    prompt: str | None
-    displaced: int = 0
-    """Styles whose positive text was found after the front (possible only without a placeholder style)."""
-
-
-class _StyleSearch:
-    """Depth-first search for the longest sequence of styles that un-wraps a positive/negative pair.
-
-    Fooocus writes the selected styles' positive items first (each with the prompt substituted) and their negative
-    items first, both in selection order; so each step peels one style off the front of both texts. Every
-    placeholder style must have wrapped the same prompt. The search is bounded by a node budget.
-    """
-
-    def __init__(self, templates: Sequence[_Template], hint: str | None) -> None:
-        self.templates = templates
-        self.hint = hint
-        self.budget = _SEARCH_BUDGET
-
-    def _score(self, parse: _Parse) -> tuple[int, bool, int]:
-        return len(parse.styles), self.hint is not None and parse.prompt == self.hint, -parse.displaced
-
-    def _prompt_options(self, text: str, template: str, known: str | None) -> list[tuple[str, str]]:
-        """(prompt, rest) pairs for which ``text`` starts with ``template`` filled with that prompt."""
-        if known is not None:
-            rest = _strip_front(text, template.replace(PROMPT_PLACEHOLDER, known))
-            return [] if rest is None else [(known, rest)]
-        head, _, tail = template.partition(PROMPT_PLACEHOLDER)
-        if not text.startswith(head):
-            return []
-        body = text[len(head):]
-        literal = tail.partition(PROMPT_PLACEHOLDER)[0]
-        if literal:
-            ends = []
-            index = body.find(literal)
-            while index >= 0:
-                ends.append(index)
-                index = body.find(literal, index + 1)
-        else:
-            ends = [start - len(_SEPARATOR) for start in _item_starts(body)[1:]] + [len(body)]
-        candidates = [self.hint] if self.hint is not None else []
-        candidates += [body[:end] for end in sorted(ends, reverse=True)]
-        options: list[tuple[str, str]] = []
-        for prompt in dict.fromkeys(candidates):
-            rest = _strip_front(text, template.replace(PROMPT_PLACEHOLDER, prompt))
-            if rest is not None:
-                options.append((prompt, rest))
-        return options
-
-    def run(self, positive: str, negative: str, used: tuple[str, ...] = (), prompt: str | None = None,
-            displaced: int = 0) -> _Parse:
-        """The best parse of the texts (most styles; then the one agreeing with the hint; then in order)."""
-        best = _Parse(used, positive, negative, prompt, displaced)
-        for template in self.templates:
-            if self.budget <= 0:
-                break
-            if template.name in used:
-                continue
-            negative_rest = _strip_front(negative, template.negative) if template.negative else negative
-            if negative_rest is None:
-                continue
-            moved = 0
-            if not template.positive:
-                options = [(prompt, positive)]
-            elif PROMPT_PLACEHOLDER in template.positive:
-                options = self._prompt_options(positive, template.positive, prompt)
-            elif (front := _strip_front(positive, template.positive)) is not None:
-                options = [(prompt, front)]
-            else:
-                rest = _remove_items(positive, template.positive)
-                options, moved = ([], 0) if rest is None else ([(prompt, rest)], 1)
-            for found_prompt, positive_rest in options:
-                self.budget -= 1
-                parse = self.run(positive_rest, negative_rest, (*used, template.name), found_prompt,
-                                 displaced + moved)
-                if self._score(parse) > self._score(best):
-                    best = parse
-        return best
-
-
-def _split_expansion(text: str, prompt: str, *, skip_first: bool) -> tuple[str, str] | None:
-    """(text before, expansion) when ``text`` ends with a Fooocus V2 expansion of ``prompt``, else None.
-
-    The expansion is the last item sequence and starts with the prompt and a comma; its words never repeat a
-    token of the prompt, so the last such start is the right one. ``skip_first`` ignores offset 0 (the prompt
-    item itself when no style wrapped the prompt).
-    """
-    lead = prompt + _SEPARATOR
-    starts = [start for start in _item_starts(text) if text.startswith(lead, start) and len(text) > start + len(lead)]
-    if skip_first:
-        starts = [start for start in starts if start > 0]
-    if not prompt or not starts:
-        return None
-    start = starts[-1]
-    return text[:start].removesuffix(_SEPARATOR), text[start:]
-
-
-def extract_styles_from_prompt(
-    positive: str,
-    negative: str,
-    library: StyleLibrary,
-    *,
-    raw_prompt: str | None = None,
-    expansion: str | None = None,
-) -> tuple[list[str], str, str]:
-    """Recover the styles that produced a written prompt pair: (styles, the real prompt, the real negative).
-
-    ``positive`` / ``negative`` are the full texts of an a1111-scheme record (every encoded item joined by
-    ``", "``). Styles of ``library`` whose positive template (``{prompt}`` filled with one common prompt) and
-    negative text lead the texts are peeled off in turn; they come back in the order they were applied. When
-    nothing matches, both texts come back unchanged and the list is empty.
-
-    ``Fooocus V2`` is added first when the positive text ends with a prompt expansion: ``expansion`` (the
-    ``Prompt expansion`` value) when given, otherwise an item run that starts with the prompt and a comma, which
-    can be told only when the prompt is known: wrapped by a style, or the main line of ``raw_prompt``. Text left
-    after the wrapped prompt (extra prompt lines) becomes further lines of the returned prompt.
-    """
-    templates = [
-        _Template(name, _items_text(style.prompt), _items_text(style.negative_prompt))
-        for name in library.template_names()
-        if (style := library.get(name)).prompt.strip() or style.negative_prompt.strip()
-    ]
-    hint = (split_prompt(raw_prompt, "").main or None) if raw_prompt else None
-    parse = _StyleSearch(templates, hint).run(positive, negative)
-    rest = parse.positive
-    v2 = False
-    if expansion:
-        if rest == expansion:
-            rest, v2 = "", True
-        elif rest.endswith(_SEPARATOR + expansion):
-            rest, v2 = rest[: -len(_SEPARATOR + expansion)], True
-    else:
-        anchor = parse.prompt if parse.prompt is not None else hint
-        split = _split_expansion(rest, anchor or "", skip_first=parse.prompt is None)
-        if split is not None:
-            rest, v2 = split[0], True
-    if not parse.styles and not v2:
-        return [], positive, negative
-    prompt = rest if parse.prompt is None else "\n".join(part for part in (parse.prompt, rest) if part)
-    return ([FOOOCUS_V2] if v2 else []) + list(parse.styles), prompt, parse.negative
-
-
-def _a1111_sampler(params: dict[str, str]) -> tuple[str | None, bool]:
+def _a1111_sampler(params: Mapping[str, Any]) -> tuple[str | None, bool]:
     """(Foci sampler or None, whether the label carried " Karras")."""
     if "Foci sampler" in params:
         return params["Foci sampler"], params.get("Sampler", "").endswith(_KARRAS_SUFFIX)
@@ -743,71 +349,6 @@ def _a1111_sampler(params: dict[str, str]) -> tuple[str | None, bool]:
     raise _fail("Sampler", f"unknown sampler {label!r}")
 
 
-def _task_from_a1111(
-    text: str,
-    model_files: Iterable[str],
-    lora_files: Iterable[str],
-    vae_files: Iterable[str],
-    style_library: StyleLibrary | None,
-) -> GenerationTask:
-    positive, negative, params = _split_a1111(text)
-    fields: dict[str, Any] = {
-        "metadata_scheme": "a1111",
-        "save_metadata": True,
-        "prompt": params.get("Raw prompt", positive),
-        "negative_prompt": params.get("Raw negative prompt", negative),
-        # A1111 (and Fooocus's a1111 writer) omit "Clip skip" when it is 1.
-        "clip_skip": _as_int("Clip skip", params["Clip skip"]) if "Clip skip" in params else 1,
-        "steps": _as_int("Steps", params["Steps"]),
-    }
-    sampler, karras = _a1111_sampler(params)
-    if sampler is not None:
-        fields["sampler"] = sampler
-    if "Scheduler" in params:
-        fields["scheduler"] = params["Scheduler"]
-    elif "Schedule type" in params:
-        if params["Schedule type"] not in _A1111_SCHEDULE_TYPES:
-            raise _fail("Schedule type", f"unknown schedule {params['Schedule type']!r}")
-        fields["scheduler"] = _A1111_SCHEDULE_TYPES[params["Schedule type"]]
-    elif karras:
-        fields["scheduler"] = "karras"
-    for key, task_field in (("Seed", "seed"), ("Overwrite Switch", "overwrite_switch")):
-        if key in params:
-            fields[task_field] = _as_int(key, params[key])
-    float_keys = {"CFG scale": "guidance_scale", "Sharpness": "sharpness",
-                  "Refiner switch at": "refiner_switch", "Adaptive CFG": "adaptive_cfg",
-                  "SAG scale": "sag_scale", "Perp-Neg scale": "perp_neg_scale"}
-    for key, task_field in float_keys.items():
-        if key in params:
-            fields[task_field] = _as_float(key, params[key])
-    for key, task_field in (("Performance", "performance"), ("Refiner Swap Method", "refiner_swap_method"),
-                            ("Precision", "precision")):
-        if key in params:
-            fields[task_field] = params[key]
-    if "Styles" in params:
-        fields["styles"] = _as_text_list("Styles", params["Styles"])
-    else:  # written by Fooocus or AUTOMATIC1111: un-wrap the styles from the full prompt texts
-        library = style_library if style_library is not None else StyleLibrary.load()
-        styles, real_prompt, real_negative = extract_styles_from_prompt(
-            positive, negative, library, raw_prompt=params.get("Raw prompt"),
-            expansion=params.get("Prompt expansion"))
-        fields.update(styles=styles, prompt=params.get("Raw prompt", real_prompt),
-                      negative_prompt=params.get("Raw negative prompt", real_negative))
-    if "Size" in params:
-        fields["aspect_ratio"] = _as_size("Size", params["Size"], "x")
-    fields.update(_guidance_fields(params, adm_key="ADM Guidance", freeu_key="FreeU"))
-    if "Model" in params:
-        fields["base_model"] = _resolve(params["Model"].strip(), model_files)
-    if "Refiner" in params:
-        fields["refiner_model"] = _optional_model(
-            "Refiner", params["Refiner"], model_files, (NO_MODEL_LABEL,)
-        )
-    if "VAE" in params:
-        fields["vae"] = _optional_model("VAE", params["VAE"], vae_files, (DEFAULT_VAE_LABEL, NO_MODEL_LABEL))
-    fields["loras"] = _a1111_loras(params.get("Lora weights", ""), list(lora_files))
-    return _build_task(fields, _A1111_KEYS)
-
-
 def _a1111_loras(weights: str, lora_files: list[str]) -> list[LoraSpec]:
     loras: list[LoraSpec] = []
     for entry in filter(None, (part.strip() for part in weights.split(", "))):
@@ -819,17 +360,303 @@ def _a1111_loras(weights: str, lora_files: list[str]) -> list[LoraSpec]:
     return loras
 
 
+# --------------------------------------------------------------------------------------------------- codecs
 
-def _guidance_fields(values: Mapping[str, Any], *, adm_key: str, freeu_key: str) -> dict[str, Any]:
-    """ADM scalers "(pos, neg, end)" and FreeU "(b1, b2, s1, s2)" as task fields, under either scheme's key."""
-    fields: dict[str, Any] = {}
-    if adm_key in values:
-        positive, negative, end = _as_numbers(adm_key, values[adm_key], 3)
-        fields.update(adm_scaler_positive=positive, adm_scaler_negative=negative, adm_scaler_end=end)
-    if freeu_key in values:
-        b1, b2, s1, s2 = _as_numbers(freeu_key, values[freeu_key], 4)
-        fields["freeu"] = {"enabled": True, "b1": b1, "b2": b2, "s1": s1, "s2": s2}
-    return fields
+
+@dataclass(frozen=True)
+class _Source:
+    """What a reader knows besides the key values: the files present, the style library, the a1111 prompt texts."""
+
+    model_files: list[str]
+    lora_files: list[str]
+    vae_files: list[str]
+    style_library: StyleLibrary | None = None
+    positive: str = ""
+    negative: str = ""
+
+
+Pairs = list[tuple[str, object]]
+Reader = Callable[[Mapping[str, Any], str, _Source], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Codec:
+    """How a field (or the fields sharing a key) is written and read when it is not one plain value.
+
+    ``write(record, key)`` returns the (key, value) pairs to write (none: the key is left out); ``read(values,
+    key, source)`` returns task fields. Either may be None: the plain value is written or read then.
+    """
+
+    write: Callable[[ImageRecord, str], Pairs] | None = None
+    read: Reader | None = None
+
+
+def _tuple_text(*values: float) -> str:
+    return str(tuple(values))
+
+
+def _adm_pairs(record: ImageRecord, key: str) -> Pairs:
+    task = record.task
+    return [(key, _tuple_text(task.adm_scaler_positive, task.adm_scaler_negative, task.adm_scaler_end))]
+
+
+def _read_adm(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    positive, negative, end = _as_numbers(key, values[key], 3)
+    return {"adm_scaler_positive": positive, "adm_scaler_negative": negative, "adm_scaler_end": end}
+
+
+def _freeu_pairs(record: ImageRecord, key: str) -> Pairs:
+    freeu = record.task.freeu
+    return [(key, _tuple_text(freeu.b1, freeu.b2, freeu.s1, freeu.s2))] if freeu.enabled else []
+
+
+def _read_freeu(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    b1, b2, s1, s2 = _as_numbers(key, values[key], 4)
+    return {"freeu": {"enabled": True, "b1": b1, "b2": b2, "s1": s1, "s2": s2}}
+
+
+def _read_size(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    return {"aspect_ratio": _as_size(key, values[key], "x")} if key in values else {}
+
+
+def _read_base_model(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    return {"base_model": _resolve(_as_text(key, values[key]).strip(), source.model_files)}
+
+
+def _read_refiner(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    return {"refiner_model": _optional_model(key, values[key], source.model_files, (NO_MODEL_LABEL,))}
+
+
+def _read_vae(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    return {"vae": _optional_model(key, values[key], source.vae_files, (DEFAULT_VAE_LABEL, NO_MODEL_LABEL))}
+
+
+def _styles_text(record: ImageRecord, key: str) -> Pairs:
+    return [(key, str(list(record.task.styles)))]
+
+
+def _read_styles(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    return {"styles": _as_text_list(key, values[key])} if key in values else {}
+
+
+def _read_a1111_styles(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    """``Styles`` when written (by Foci); else, as in files of Fooocus or AUTOMATIC1111, the styles un-wrapped
+    from the prompt texts, which also gives the real prompts."""
+    if key in values:
+        return _read_styles(values, key, source)
+    library = source.style_library if source.style_library is not None else StyleLibrary.load()
+    styles, prompt, negative = extract_styles_from_prompt(
+        source.positive, source.negative, library, raw_prompt=values.get("Raw prompt"),
+        expansion=values.get("Prompt expansion"))
+    return {"styles": styles, "prompt": values.get("Raw prompt", prompt),
+            "negative_prompt": values.get("Raw negative prompt", negative)}
+
+
+def _loras_fooocus(record: ImageRecord, key: str) -> Pairs:
+    rows = [[_stem(name), weight, lora_hash] for name, weight, lora_hash in record.loras]
+    combined = [(f"lora_combined_{index}", f"{_stem(name)} : {weight}")
+                for index, (name, weight, _) in enumerate(record.loras, start=1)]
+    return [(key, rows), *combined]
+
+
+def _loras_a1111(record: ImageRecord, key: str) -> Pairs:
+    if not record.loras:
+        return []
+    return [("Lora hashes", ", ".join(f"{_stem(n)}: {h}" for n, _, h in record.loras)),
+            (key, ", ".join(f"{_stem(n)}: {w}" for n, w, _ in record.loras))]
+
+
+def _a1111_sampler_pairs(record: ImageRecord, key: str) -> Pairs:
+    task = record.task
+    pairs: Pairs = [(key, a1111_sampler_label(task.sampler, task.scheduler))]
+    a1111_name = A1111_SAMPLER_NAMES.get(task.sampler)
+    if a1111_name is not None and _SAMPLER_FROM_A1111[a1111_name] != task.sampler:
+        pairs.append(("Foci sampler", task.sampler))
+    return pairs
+
+
+def _read_a1111_sampler(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    sampler, _ = _a1111_sampler(values)
+    return {} if sampler is None else {"sampler": sampler}
+
+
+def _read_a1111_scheduler(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    """``Scheduler`` (Foci), else A1111's ``Schedule type``, else karras when the sampler label said so."""
+    if key in values:
+        return {"scheduler": values[key]}
+    if "Schedule type" in values:
+        if values["Schedule type"] not in _A1111_SCHEDULE_TYPES:
+            raise _fail("Schedule type", f"unknown schedule {values['Schedule type']!r}")
+        return {"scheduler": _A1111_SCHEDULE_TYPES[values["Schedule type"]]}
+    return {"scheduler": "karras"} if _a1111_sampler(values)[1] else {}
+
+
+def _model_pairs(name_key: str, hash_key: str) -> Callable[[ImageRecord, str], Pairs]:
+    def pairs(record: ImageRecord, key: str) -> Pairs:
+        return [(key, _stem(record.base_model_name)), (hash_key, record.base_model_hash)]
+    return pairs
+
+
+def _value(get: Callable[[ImageRecord], object]) -> Callable[[ImageRecord, str], Pairs]:
+    """A writer of one value computed from the record."""
+    return lambda record, key: [(key, get(record))]
+
+
+def _if_refiner(get: Callable[[ImageRecord], object], hash_key: str | None = None,
+                otherwise: object = None) -> Callable[[ImageRecord, str], Pairs]:
+    """A writer for refiner facts: the value (and the refiner hash) with a refiner, else ``otherwise`` or nothing."""
+    def pairs(record: ImageRecord, key: str) -> Pairs:
+        if _refiner_stem(record) is None:
+            return [] if otherwise is None else [(key, otherwise)]
+        return [(key, get(record))] + ([(hash_key, record.refiner_model_hash)] if hash_key else [])
+    return pairs
+
+
+def _size_text(separator: str | None) -> Callable[[ImageRecord, str], Pairs]:
+    return _value(lambda record: str((record.width, record.height)) if separator is None
+                  else f"{record.width}{separator}{record.height}")
+
+
+def _read_fooocus_loras(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    return {"loras": _fooocus_loras(values, source.lora_files)}
+
+
+def _read_a1111_loras(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    return {"loras": _a1111_loras(values.get(key, ""), source.lora_files)}
+
+
+_EFFECTIVE_STEPS = Codec(write=_value(lambda record: record.task.effective_steps))
+_ADM = Codec(write=_adm_pairs, read=_read_adm)
+_FREEU = Codec(write=_freeu_pairs, read=_read_freeu)
+_VAE = Codec(write=_value(_vae_label), read=_read_vae)
+
+# Codecs the field table names (``Meta.codec``), per scheme.
+FOOOCUS_CODECS: Mapping[str, Codec] = {
+    "effective_steps": _EFFECTIVE_STEPS,
+    "seed": Codec(write=_value(lambda record: str(record.seed))),
+    "size": Codec(write=_size_text(None), read=_read_size),
+    "styles": Codec(write=_styles_text, read=_read_styles),
+    "adm": _ADM,
+    "freeu": _FREEU,
+    "model": Codec(write=_model_pairs("base_model", "base_model_hash"), read=_read_base_model),
+    "refiner": Codec(write=_if_refiner(_refiner_stem, "refiner_model_hash", otherwise=NO_MODEL_LABEL),
+                     read=_read_refiner),
+    "vae": _VAE,
+    "loras": Codec(write=_loras_fooocus, read=_read_fooocus_loras),
+}
+A1111_CODECS: Mapping[str, Codec] = {
+    "effective_steps": _EFFECTIVE_STEPS,
+    "seed": Codec(write=_value(lambda record: record.seed)),
+    "size": Codec(write=_size_text("x"), read=_read_size),
+    "raw_prompt": Codec(read=lambda values, key, source: {"prompt": values.get(key, source.positive)}),
+    "raw_negative_prompt": Codec(read=lambda values, key, source: {"negative_prompt": values.get(key,
+                                                                                                 source.negative)}),
+    "styles": Codec(write=_styles_text, read=_read_a1111_styles),
+    "sampler": Codec(write=_a1111_sampler_pairs, read=_read_a1111_sampler),
+    "scheduler": Codec(read=_read_a1111_scheduler),
+    "adm": _ADM,
+    "freeu": _FREEU,
+    "model": Codec(write=_model_pairs("Model", "Model hash"), read=_read_base_model),
+    "refiner": Codec(write=_if_refiner(_refiner_stem, "Refiner hash"), read=_read_refiner),
+    "refiner_switch": Codec(write=_if_refiner(lambda record: record.task.refiner_switch)),
+    "vae": _VAE,
+    "loras": Codec(write=_loras_a1111, read=_read_a1111_loras),
+}
+_CODECS: Mapping[str, Mapping[str, Codec]] = {"fooocus": FOOOCUS_CODECS, "a1111": A1111_CODECS}
+
+
+def _scheme_fields(scheme: str, model: type[BaseModel]) -> list[tuple[Meta, list[FieldFacts]]]:
+    """Each key of ``scheme`` once, in field order, with the fields written under it."""
+    keys: dict[str, tuple[Meta, list[FieldFacts]]] = {}
+    for facts in task_fields(model):
+        meta = getattr(facts, scheme)
+        if meta is not None:
+            keys.setdefault(meta.key, (meta, []))[1].append(facts)
+    return list(keys.values())
+
+
+# --------------------------------------------------------------------------------------------------- writers
+
+
+def _write_scheme(scheme: str, record: ImageRecord) -> Pairs:
+    """The (key, value) pairs of every task field in ``scheme``, in field order."""
+    pairs: Pairs = []
+    for meta, fields in _scheme_fields(scheme, type(record.task)):
+        codec = _CODECS[scheme].get(meta.codec) if meta.codec else None
+        if codec is not None and codec.write is not None:
+            pairs += codec.write(record, meta.key)
+            continue
+        value = getattr(record.task, fields[0].name)
+        if not meta.omits(value, fields[0].default):
+            pairs.append((meta.key, value))
+    return pairs
+
+
+def to_fooocus_json(record: ImageRecord) -> str:
+    """The ``fooocus`` scheme payload: sorted-keys JSON of the logged parameters (§1.11) plus Foci's keys."""
+    data: dict[str, Any] = dict(_write_scheme("fooocus", record))
+    data.update({
+        "prompt_expansion": record.prompt_expansion,
+        "full_prompt": list(record.positive_items),
+        "full_negative_prompt": list(record.negative_items),
+        "metadata_scheme": "fooocus",
+        "version": version_label(record.software),
+        "software": record.software,
+        "device": record.device,
+    })
+    return json.dumps(data, sort_keys=True)
+
+
+def to_a1111_text(record: ImageRecord) -> str:
+    """The ``a1111`` scheme payload: prompt, ``Negative prompt:`` line, one line of ``Key: value`` pairs."""
+    params = [*_write_scheme("a1111", record), ("Version", version_label(record.software))]
+    position = {key: index for index, key in enumerate(A1111_KEY_ORDER)}
+    unlisted = position["Lora hashes"] - 0.5
+    params.sort(key=lambda pair: position.get(pair[0], unlisted))
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in params)
+    positive = ", ".join(record.positive_items)
+    negative = ", ".join(record.negative_items)
+    negative_line = f"\nNegative prompt: {negative}" if negative else ""
+    return f"{positive}{negative_line}\n{line}".strip()
+
+
+def _read_scheme(scheme: str, values: Mapping[str, Any], source: _Source, *, writer_omits: bool,
+                 model: type[GenerationTask]) -> GenerationTask:
+    """Task fields from a scheme's key values, validated into a task. ``writer_omits``: the record was written by a
+    writer that leaves keys out (Fooocus, Foci, A1111), so a missing key means its ``absent`` value."""
+    fields: dict[str, Any] = {"metadata_scheme": scheme, "save_metadata": True}
+    key_names: dict[str, str] = {}
+    for meta, facts_list in _scheme_fields(scheme, model):
+        key = meta.key
+        key_names.update((facts.name, key) for facts in facts_list)
+        codec = _CODECS[scheme].get(meta.codec) if meta.codec else None
+        if codec is not None and codec.read is not None:
+            fields.update(codec.read(values, key, source))
+        elif key in values:
+            fields[facts_list[0].name] = _PLAIN_READERS.get(facts_list[0].type, _as_text)(key, values[key])
+        elif writer_omits and meta.absent is not PydanticUndefined:
+            fields[facts_list[0].name] = meta.absent
+    try:
+        return model(**fields)
+    except ValidationError as error:
+        first = error.errors()[0]
+        location = [str(part) for part in first.get("loc", ())]
+        task_field = location[0] if location else "aspect_ratio"
+        raise _fail(key_names.get(task_field, task_field), first.get("msg", str(error))) from None
+
+
+_PLAIN_READERS: Mapping[type | None, Callable[[str, object], Any]] = {int: _as_int, float: _as_float, str: _as_text}
+
 
 def task_from_metadata(
     payload: str | dict[str, Any],
@@ -839,6 +666,7 @@ def task_from_metadata(
     lora_files: Iterable[str] = (),
     vae_files: Iterable[str] = (),
     style_library: StyleLibrary | None = None,
+    model: type[GenerationTask] = GenerationTask,
 ) -> GenerationTask:
     """Rebuild a task from either scheme's payload (the inverse of both writers).
 
@@ -850,7 +678,8 @@ def task_from_metadata(
 
     a1111 text without a ``Styles`` key (files written by Fooocus or AUTOMATIC1111) gets its styles un-wrapped
     from the prompt texts with :func:`extract_styles_from_prompt`, against ``style_library`` (default: the
-    shipped styles); no style found means no style selected.
+    shipped styles); no style found means no style selected. ``model`` is the task class whose field table is
+    read (a subclass with more fields reads their keys too).
     """
     if scheme is not None and scheme not in METADATA_SCHEMES:
         choices = ", ".join(METADATA_SCHEMES)
@@ -868,7 +697,10 @@ def task_from_metadata(
     if scheme == "fooocus":
         if not isinstance(data, dict):
             raise MetadataError(f"fooocus metadata must be a JSON object, got {type(data).__name__}")
-        return _task_from_fooocus(data, model_files, lora_files, vae_files)
+        return _read_scheme("fooocus", data, _Source(list(model_files), list(lora_files), list(vae_files)),
+                            writer_omits="version" in data, model=model)
     if not isinstance(data, str):
         raise MetadataError(f"a1111 metadata must be text, got {type(data).__name__}")
-    return _task_from_a1111(data, model_files, lora_files, vae_files, style_library)
+    positive, negative, params = _split_a1111(data)
+    source = _Source(list(model_files), list(lora_files), list(vae_files), style_library, positive, negative)
+    return _read_scheme("a1111", params, source, writer_omits=True, model=model)

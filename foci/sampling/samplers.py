@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from foci.sampling.model_sampling import DiscreteSampling, ModelSampling
+from foci.sampling.names import SAMPLERS
 from foci.sampling.noise import NoiseSource
 from foci.sampling.schedulers import karras_sigmas
 from foci.sampling.uni_pc import sample_unipc
@@ -43,12 +44,7 @@ class StepInfo:
 
 StepCallback = Callable[[StepInfo], None]
 
-SAMPLER_NAMES: tuple[str, ...] = (
-    "euler", "euler_ancestral", "heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast",
-    "dpm_adaptive", "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m", "dpmpp_2m_sde",
-    "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "tcd", "restart", "ddim",
-    "uni_pc", "uni_pc_bh2",
-)
+SAMPLER_NAMES: tuple[str, ...] = SAMPLERS
 
 
 # ----------------------------------------------------------------------------------------------- helpers

@@ -14,11 +14,9 @@ import torch
 from torch import Tensor
 
 from foci.sampling.model_sampling import ModelSampling
+from foci.sampling.names import SCHEDULERS
 
-SCHEDULER_NAMES: tuple[str, ...] = (
-    "normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "lcm", "turbo",
-    "align_your_steps", "tcd", "edm_playground_v2.5",
-)
+SCHEDULER_NAMES: tuple[str, ...] = SCHEDULERS
 # Schedulers that are really a model-sampling switch (§2.1 step 10) and the schedule they run.
 REMAPPED_SCHEDULERS: dict[str, str] = {
     "lcm": "sgm_uniform", "tcd": "sgm_uniform", "edm_playground_v2.5": "karras",

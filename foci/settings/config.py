@@ -22,7 +22,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -39,6 +39,7 @@ from pydantic import (
     model_validator,
 )
 
+from foci.fields import task_fields
 from foci.settings.aspect_ratios import DEFAULT_ASPECT_RATIO, SDXL_ASPECT_RATIOS
 from foci.settings.performance import Performance
 from foci.task import SAMPLERS, SCHEDULERS, GenerationTask, LoraSpec, parse_size
@@ -220,6 +221,8 @@ class FociSettings(BaseModel):
     # non-public hosts, addresses or networks job webhooks may reach (foci.files.netpolicy).
     model_sha256: dict[str, Sha256] = Field(default_factory=dict)
     webhook_allow: list[NonEmptyStr] = Field(default_factory=list)
+    # Config keys the field table names for task fields that have no declared key above (read by load_settings).
+    extra_task_defaults: dict[str, Any] = Field(default_factory=dict)
 
     # Files a preset wants downloaded: file name → URL.
     checkpoint_downloads: Downloads = Field(default_factory=dict)
@@ -251,34 +254,39 @@ class FociSettings(BaseModel):
     def _checkpoint_exists(self, name: str) -> bool:
         return any((folder / name).is_file() for folder in self.path_checkpoints)
 
-    def task_defaults(self) -> dict[str, Any]:
-        """``GenerationTask`` keyword arguments for a new task (prompt, styles, CFG, sampler, LoRAs, …)."""
-        loras = [LoraSpec(name=slot.name, weight=slot.weight, enabled=slot.enabled)
-                 for slot in self.lora_slots() if slot.name != NONE_NAME]
-        return {
-            "prompt": self.default_prompt,
-            "negative_prompt": self.default_prompt_negative,
-            "styles": list(self.default_styles),
-            "performance": self.default_performance,
-            "aspect_ratio": self.default_aspect_ratio,
-            "image_number": self.default_image_number,
-            "output_format": self.default_output_format,
-            "guidance_scale": self.default_cfg_scale,
-            "sharpness": self.default_sample_sharpness,
-            "sampler": self.default_sampler,
-            "scheduler": self.default_scheduler,
-            "clip_skip": self.default_clip_skip,
-            "adaptive_cfg": self.default_cfg_tsnr,
-            "base_model": self.effective_default_model(),
-            "refiner_model": self.default_refiner,
-            "refiner_switch": self.default_refiner_switch,
-            "vae": self.default_vae,
-            "loras": loras,
-            "overwrite_step": self.default_overwrite_step,
-            "overwrite_switch": self.default_overwrite_switch,
-            "save_metadata": self.default_save_metadata_to_images,
-            "metadata_scheme": self.default_metadata_scheme,
-        }
+    def task_defaults(self, model: type[GenerationTask] = GenerationTask) -> dict[str, Any]:
+        """``GenerationTask`` keyword arguments for a new task: the value of each field's config key (field table)."""
+        defaults: dict[str, Any] = {}
+        for facts in task_fields(model):
+            config = facts.config
+            if config is None:
+                continue
+            if config.convert is not None:
+                defaults[facts.name] = CONFIG_CONVERTERS[config.convert](self)
+            elif config.key in type(self).model_fields:
+                defaults[facts.name] = getattr(self, config.key)
+            elif config.key in self.extra_task_defaults:
+                defaults[facts.name] = self.extra_task_defaults[config.key]
+        return defaults
+
+
+def _lora_specs(settings: FociSettings) -> list[LoraSpec]:
+    return [LoraSpec(name=slot.name, weight=slot.weight, enabled=slot.enabled)
+            for slot in settings.lora_slots() if slot.name != NONE_NAME]
+
+
+# Converters the field table names (``Config.convert``): settings → field value.
+CONFIG_CONVERTERS: dict[str, Callable[[FociSettings], Any]] = {
+    "effective_default_model": lambda settings: settings.effective_default_model(),
+    "lora_slots": _lora_specs,
+}
+
+
+@cache
+def task_config_keys(model: type[GenerationTask] = GenerationTask) -> dict[str, str]:
+    """Config key → task field, for the keys whose value is a task field's default as it is (no converter)."""
+    return {facts.config.key: facts.name for facts in task_fields(model)
+            if facts.config is not None and facts.config.convert is None}
 
 
 # --- keys that depend on earlier keys ------------------------------------------------------------------------
@@ -324,12 +332,7 @@ _ACCEPTED_UNUSED_KEYS = frozenset({
 })
 _IP_SLOT_KEY = re.compile(r"^default_ip_(image|type|stop_at|weight)_\d+$")
 
-# Task fields fed from config keys whose ranges the task itself enforces.
-_TASK_FIELDS = {
-    "default_cfg_scale": "guidance_scale", "default_sample_sharpness": "sharpness", "default_cfg_tsnr": "adaptive_cfg",
-    "default_clip_skip": "clip_skip", "default_refiner_switch": "refiner_switch",
-    "default_image_number": "image_number",
-}
+_EXTRA_TASK_DEFAULTS = "extra_task_defaults"
 
 
 @cache
@@ -338,12 +341,19 @@ def _adapter(model: type[BaseModel], key: str) -> TypeAdapter:
     return TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
 
 
-def _validate(key: str, value: Any, resolved: Mapping[str, Any], known_styles: Collection[str] | None) -> Any:
-    """The validated value of one key, or ValueError with a one-line reason."""
+def _validate(key: str, value: Any, resolved: Mapping[str, Any], known_styles: Collection[str] | None,
+              task_model: type[GenerationTask] = GenerationTask) -> Any:
+    """The validated value of one key, or ValueError with a one-line reason. A key that is a task field's
+    default (field table) must also satisfy that field's type and bounds."""
+    task_keys = task_config_keys(task_model)
     try:
-        result = _adapter(FociSettings, key).validate_python(value)
-        if key in _TASK_FIELDS:
-            _adapter(GenerationTask, _TASK_FIELDS[key]).validate_python(result)
+        result = value
+        if key in FociSettings.model_fields:
+            result = _adapter(FociSettings, key).validate_python(value)
+        if key in task_keys:
+            result_for_task = _adapter(task_model, task_keys[key]).validate_python(result)
+            if key not in FociSettings.model_fields:
+                result = result_for_task
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
@@ -376,6 +386,14 @@ def _shipped_presets() -> Path:
 def _preset_dirs(root: Path) -> list[Path]:
     """Preset folders, highest priority first: the user's, then the shipped one."""
     return [root / "presets", _shipped_presets()]
+
+
+def preset_performance(name: str) -> str:
+    """The performance a shipped preset selects (its ``default_performance``; Speed when it sets none)."""
+    path = _shipped_presets() / f"{name}.json"
+    if not re.fullmatch(r"[\w.+-]+", name) or not path.is_file():
+        raise ConfigError(f"unknown preset {name!r}; available: {', '.join(available_presets(Path.cwd()))}")
+    return str(_read_json_object(path).get("default_performance", Performance.SPEED.value))
 
 
 def available_presets(root: Path | None = None) -> list[str]:
@@ -452,26 +470,32 @@ def _resolve_paths(values: dict[str, Any], root: Path) -> None:
 
 def load_settings(*, preset: str | None = None, config_path: Path | None = None,
                   environ: Mapping[str, str] | None = None, root: Path | None = None,
-                  known_styles: Collection[str] | None = None) -> tuple[FociSettings, list[str]]:
+                  known_styles: Collection[str] | None = None,
+                  task_model: type[GenerationTask] = GenerationTask) -> tuple[FociSettings, list[str]]:
     """Resolve every key from env > preset > config file > presets/default.json > fallback; return warnings too.
 
     ``environ`` defaults to ``os.environ``, ``root`` to the current directory. ``known_styles``, when given,
     rejects (with a warning) a ``default_styles`` list naming other styles. Raises :class:`ConfigError` for an
     unknown preset or an unreadable/non-object JSON file.
+
+    Besides the keys of :class:`FociSettings`, every config key the field table of ``task_model`` names is read
+    (validated by its task field; no fallback: the field default applies) into ``extra_task_defaults``.
     """
     environ = os.environ if environ is None else environ
     root = (Path.cwd() if root is None else Path(root)).expanduser().resolve()
     layers = _file_layers(preset, config_path, environ, root)
     warnings: list[str] = []
+    settings_keys = [key for key in FociSettings.model_fields if key != _EXTRA_TASK_DEFAULTS]
+    extra_keys = [key for key in task_config_keys(task_model) if key not in FociSettings.model_fields]
 
     for layer in layers:
         for key in layer.values:
-            if key not in FociSettings.model_fields and key not in _ACCEPTED_UNUSED_KEYS \
+            if key not in settings_keys and key not in extra_keys and key not in _ACCEPTED_UNUSED_KEYS \
                     and not _IP_SLOT_KEY.match(key):
                 warnings.append(f"unknown config key {key!r} in {layer.label} ignored")
 
     resolved: dict[str, Any] = {}
-    for key, field in FociSettings.model_fields.items():
+    for key in [*settings_keys, *extra_keys]:
         candidates: list[tuple[str, list[Any]]] = []
         if key in environ:
             candidates.append((f"environment variable {key}", _env_candidates(environ[key])))
@@ -480,16 +504,18 @@ def load_settings(*, preset: str | None = None, config_path: Path | None = None,
             reasons = []
             for value in values:
                 try:
-                    resolved[key] = _validate(key, value, resolved, known_styles)
+                    resolved[key] = _validate(key, value, resolved, known_styles, task_model)
                     break
                 except ValueError as error:
                     reasons.append(str(error))
             if key in resolved:
                 break
             warnings.append(f"config key {key!r}: ignoring {values[-1]!r} from {label} ({reasons[0]})")
-        if key not in resolved:
+        if key not in resolved and key in FociSettings.model_fields:
             fallback = _dynamic_fallback(key, resolved)
+            field = FociSettings.model_fields[key]
             resolved[key] = field.get_default(call_default_factory=True) if fallback is ... else fallback
 
     _resolve_paths(resolved, root)
-    return FociSettings(**resolved), warnings
+    extra = {key: resolved.pop(key) for key in extra_keys if key in resolved}
+    return FociSettings(**resolved, **{_EXTRA_TASK_DEFAULTS: extra}), warnings

@@ -39,7 +39,7 @@ from foci.service.events import EventBus  # noqa: E402
 from foci.service.jobs import JobImage, JobState, JobStore  # noqa: E402
 from foci.service.worker import Worker  # noqa: E402
 from foci.settings.config import FociSettings  # noqa: E402
-from foci.task import GenerationTask, LoraSpec  # noqa: E402
+from foci.task import SAMPLERS, GenerationTask, LoraSpec  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -476,3 +476,22 @@ def test_loading_a_restricted_task_locks_and_saves_defaults(tmp_path: Path, tiny
     # A UI whose defaults are restricted starts locked.
     locked = _offline_ui(tmp_path / "second", tiny_checkpoint, engine, performance="Hyper-SD")
     assert locked._load_lock(values_from_task(locked.default_task, lora_rows=0)).locked
+
+
+def test_controls_come_from_the_field_table(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:
+    from foci.fields import task_fields
+
+    ui = _offline_ui(tmp_path, tiny_checkpoint, engine)
+    controls = ui._fields.components
+    for facts in task_fields():
+        if facts.ui is None or facts.ui.kind not in ("slider", "number"):
+            continue
+        top = ui.settings.default_max_image_number if facts.name == "image_number" else facts.le
+        assert (controls[facts.name].minimum, controls[facts.name].maximum) == (facts.ge, top), facts.name
+        assert controls[facts.name].label == facts.ui.label
+    assert list(controls["sampler"].choices) == [(name, name) for name in SAMPLERS]
+    values = values_from_task(ui.default_task, lora_rows=ui.lora_rows)
+    with pytest.raises(UIError, match="performance: unknown performance 'Turbo'"):  # the API's admission check
+        ui.make_task(values | {"performance": "Turbo"}, random=False)
+    with pytest.raises(UIError, match="styles: "):
+        ui.make_task(values | {"styles": ["No Such Style"]}, random=False)

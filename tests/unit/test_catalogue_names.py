@@ -9,18 +9,18 @@ import pytest
 from foci.engine.engine import EXPANSION_FILES
 from foci.files.downloads import (
     FEATURE_FILES,
-    PERFORMANCE_LORAS,
     PRESETS,
     Downloader,
     load_catalogue,
     parse_mirrors,
     required_files,
 )
+from foci.settings.performance import performance_lora_names
 
 
 def test_names_the_engine_requests_are_in_the_catalogue() -> None:
     catalogue = load_catalogue()
-    requested = {*EXPANSION_FILES, *PERFORMANCE_LORAS.values()}
+    requested = {*EXPANSION_FILES, *performance_lora_names()}
     requested.update(name for names in FEATURE_FILES.values() for name in names)
     for preset in PRESETS:
         requested.update(required_files(preset))

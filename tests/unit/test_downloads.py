@@ -16,7 +16,6 @@ import pytest
 from foci.files.downloads import (
     ALWAYS,
     FEATURE_FILES,
-    PERFORMANCE_LORAS,
     PRESETS,
     CatalogueEntry,
     CatalogueError,
@@ -30,6 +29,7 @@ from foci.files.downloads import (
     tqdm_progress,
 )
 from foci.files.folders import MODEL_KINDS, ModelFolders
+from foci.settings.performance import performance_lora_names
 from tests.http_fixtures import Fault, FileServer
 
 SIZE = 64 * 1024
@@ -452,7 +452,7 @@ def test_required_files_per_preset_and_performance():
             assert any(catalogue[n].folder == "checkpoints" for n in names)
     for feature, names in FEATURE_FILES.items():
         assert set(feature_files(feature)) == set(names) <= set(catalogue)
-    assert set(PERFORMANCE_LORAS.values()) <= set(catalogue)
+    assert set(performance_lora_names()) <= set(catalogue)
     with pytest.raises(CatalogueError, match="unknown preset 'nope'"):
         required_files("nope")
     with pytest.raises(CatalogueError, match="unknown performance 'Turbo'"):
