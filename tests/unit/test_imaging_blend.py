@@ -90,7 +90,8 @@ def test_paste_back_leaves_everything_outside_mask_and_feather_exactly_unchanged
         top, left = rng.integers(0, height - 4), rng.integers(0, width - 4)
         mask[top:top + rng.integers(1, 20), left:left + rng.integers(1, 20)] = rng.integers(128, 256)
     box = respective_field_box(mask, float(rng.choice([0.0, 0.3, 0.618, 1.0])))
-    decoded = rng.integers(0, 256, (1024 * box.height // max(box.height, box.width) or 1, 200, 3), dtype=np.uint8)
+    decoded_size = (int(rng.integers(16, 300)), int(rng.integers(16, 300)), 3)  # any size: resized to the box
+    decoded = rng.integers(0, 256, decoded_size, dtype=np.uint8)
     feather = soft_mask(mask)
     result = paste_back(original, decoded, box, feather)
     inside = (mask > 127).astype(np.uint8)
