@@ -375,6 +375,18 @@ def _run_metadata(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dev(args: argparse.Namespace) -> int:
+    if args.dev_command == "make-models":
+        from foci.dev.make_models import write_tiny_models
+
+        if not args.tiny:
+            raise CliError("make-models writes tiny models only: add --tiny")
+        for path in write_tiny_models(Path(args.folder), seed=args.seed).values():
+            print(path)
+        return 0
+    return _run_make_checkpoint(args)
+
+
 def _run_make_checkpoint(args: argparse.Namespace) -> int:
     from foci.dev.synthetic import write_checkpoint
 
@@ -444,6 +456,11 @@ def build_parser(model: type[GenerationTask] = GenerationTask) -> argparse.Argum
     make.add_argument("--refiner", action="store_true", help="SDXL refiner layout instead of base")
     make.add_argument("--seed", type=int, default=0)
     make.add_argument("output", help="output .safetensors path")
+    models_dir = dev_sub.add_parser("make-models", help="write a complete tiny models folder (checkpoint, inpaint "
+                                    "head and engines, upscaler) in the real file layouts, for offline use and tests")
+    models_dir.add_argument("--tiny", action="store_true", required=True, help="tiny models (the only size)")
+    models_dir.add_argument("--seed", type=int, default=0)
+    models_dir.add_argument("folder", help="models folder to fill (checkpoints/, inpaint/, upscale_models/)")
     return parser
 
 
@@ -462,9 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = ["serve", *argv]  # `foci [--preset anime] [--listen]` starts the web UI, as Fooocus does
     args = parser.parse_args(argv)
     commands = {"generate": _run_generate, "prompt": _run_prompt, "styles": _run_styles, "models": _run_models,
-                "serve": _run_serve, "metadata": _run_metadata, "dev": _run_make_checkpoint}
+                "serve": _run_serve, "metadata": _run_metadata, "dev": _run_dev}
     try:
         return commands[args.command](args)
+    except BrokenPipeError:  # `foci styles list | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("foci: interrupted", file=sys.stderr)
         return 130

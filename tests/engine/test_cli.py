@@ -156,3 +156,29 @@ def test_models_pin_fixes_the_hash_that_verify_and_downloads_expect(tmp_path: Pa
     assert code == 2 and "'abc' is not a SHA-256" in err
     code, _, err = run_cli(["models", "pin", "nope.pth", *models], capsys)
     assert code == 2 and "unknown model file 'nope.pth'" in err
+
+
+def test_make_models_tiny_writes_every_file_where_the_folders_look(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from foci.files.folders import ModelFolders
+
+    assert main(["dev", "make-models", "--tiny", str(tmp_path / "models")]) == 0
+    printed = sorted(Path(line) for line in capsys.readouterr().out.split())
+    assert [p.relative_to(tmp_path / "models").as_posix() for p in printed] == [
+        "checkpoints/tiny.safetensors", "inpaint/fooocus_inpaint_head.pth", "inpaint/inpaint.fooocus.patch",
+        "inpaint/inpaint_v25.fooocus.patch", "inpaint/inpaint_v26.fooocus.patch",
+        "upscale_models/fooocus_upscaler_s409985e5.bin"]
+    folders = ModelFolders.default(tmp_path / "models")
+    assert folders.find("checkpoints", "tiny.safetensors") == printed[0]
+    assert folders.find("upscale_models", "fooocus_upscaler_s409985e5.bin") == printed[-1]
+
+
+def test_output_into_a_closed_pipe_is_not_an_error() -> None:
+    script = "import sys; from foci.apps.cli import main; sys.exit(main(['styles', 'list']))"
+    reader = "import sys; sys.stdin.readline()"  # reads one line, then leaves
+    producer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    consumer = subprocess.run([sys.executable, "-c", reader], stdin=producer.stdout, timeout=120)
+    producer.stdout.close()
+    _, err = producer.communicate(timeout=120)
+    assert consumer.returncode == 0
+    assert producer.returncode == 0 and b"Broken pipe" not in err, err
