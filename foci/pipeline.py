@@ -44,10 +44,10 @@ from foci.performance import apply_performance, performance_lora_names
 from foci.prompt_plan import DEFAULT_MAX_LORAS as MAX_LORAS
 from foci.prompt_plan import ImagePrompts, extract_inline_loras, plan_image_prompts
 from foci.prompts import PromptPlan
-from foci.sampling.model_sampling import ModelSampling, select_model_sampling
+from foci.sampling.model_sampling import ModelSampling, native_model_sampling, select_model_sampling
 from foci.sampling.noise import NoiseSource
 from foci.sampling.samplers import StepInfo, run_sampler
-from foci.sampling.schedulers import compute_sigmas
+from foci.sampling.schedulers import brownian_tree_range, compute_sigmas
 from foci.styles import FOOOCUS_V2, StyleLibrary
 from foci.task import GenerationTask
 from foci.text.embeddings import EmbeddingLookup
@@ -478,9 +478,9 @@ class Engine:
         if device.type != "cpu":
             generator = torch.Generator(device).manual_seed(image.seed)
         latent = info.latent_format.to_unet(torch.zeros(latent_shape)).to(device)
-        positive_sigmas = sigmas[sigmas > 0]
-        noise = NoiseSource(latent, seed=image.seed, sigma_min=float(positive_sigmas.min()),
-                            sigma_max=float(sigmas.max()), generator=generator)
+        tree_min, tree_max = brownian_tree_range(native_model_sampling(info.prediction), task.scheduler, steps,
+                                                 sampler=task.sampler)
+        noise = NoiseSource(latent, seed=image.seed, sigma_min=tree_min, sigma_max=tree_max, generator=generator)
 
         settings = GuidanceSettings(cfg_scale=task.guidance_scale, sharpness=task.sharpness,
                                     mimic_scale=task.adaptive_cfg, adm_scaler_end=task.adm_scaler_end,
