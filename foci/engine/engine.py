@@ -40,10 +40,10 @@ from foci.models.manager import (
 )
 from foci.records.metadata import ImageRecord
 from foci.records.outputs import new_output_path, save_image
-from foci.sampling.model_sampling import ModelSampling, select_model_sampling
+from foci.sampling.model_sampling import ModelSampling, native_model_sampling, select_model_sampling
 from foci.sampling.noise import NoiseSource
 from foci.sampling.samplers import StepInfo, run_sampler
-from foci.sampling.schedulers import compute_sigmas
+from foci.sampling.schedulers import brownian_tree_range, compute_sigmas
 from foci.settings.config import FociSettings
 from foci.settings.performance import apply_performance, performance_lora_names
 from foci.task import GenerationTask
@@ -491,9 +491,9 @@ class Engine:
         if device.type != "cpu":
             generator = torch.Generator(device).manual_seed(image.seed)
         latent = info.latent_format.to_unet(torch.zeros(latent_shape)).to(device)
-        positive_sigmas = sigmas[sigmas > 0]
-        noise = NoiseSource(latent, seed=image.seed, sigma_min=float(positive_sigmas.min()),
-                            sigma_max=float(sigmas.max()), generator=generator)
+        tree_min, tree_max = brownian_tree_range(native_model_sampling(info.prediction), task.scheduler, steps,
+                                                 sampler=task.sampler)
+        noise = NoiseSource(latent, seed=image.seed, sigma_min=tree_min, sigma_max=tree_max, generator=generator)
 
         settings = GuidanceSettings(cfg_scale=task.guidance_scale, sharpness=task.sharpness,
                                     mimic_scale=task.adaptive_cfg, adm_scaler_end=task.adm_scaler_end,

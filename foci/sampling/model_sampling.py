@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 
 Prediction = Literal["eps", "v"]
+# Distances to the log-sigma table closer than this many float32 ulps count as a tie (see _nearest_index).
+NEAR_TIE_ULPS = 4.0
 
 
 @runtime_checkable
@@ -91,9 +93,20 @@ class DiscreteSampling:
         self.sigma_max = float(self.sigmas[-1])
 
     def _nearest_index(self, sigma: Tensor) -> Tensor:
-        log_sigma = sigma.log()
-        dists = log_sigma.to(self.log_sigmas.device) - self.log_sigmas[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape)
+        """``argmin |log sigma - log sigma_t|``, computed in float32 as the reference, first index on a tie.
+
+        A sigma interpolated exactly halfway between two table entries (e.g. the 4-step LCM schedule's
+        timestep 509) is a mathematical tie that the reference resolves to the lower index; in float32 the two
+        distances differ only by the last bit of ``log``, which depends on the CPU's vector kernels (an AMX
+        Xeon flips it). Distances within a few float32 ulps of the minimum therefore count as equal and the
+        first of them wins, so the result is the same on every CPU. Table entries are at least 0.003 apart in
+        log space, thousands of times the tolerance, so every other sigma keeps its plain ``argmin``.
+        """
+        log_sigma = sigma.log().to(self.log_sigmas.device)
+        dists = (log_sigma - self.log_sigmas[:, None]).abs()
+        tolerance = NEAR_TIE_ULPS * torch.finfo(torch.float32).eps * (log_sigma.abs().float() + 1.0)
+        within = dists <= dists.min(dim=0).values + tolerance
+        return within.to(torch.uint8).argmax(dim=0).view(sigma.shape)
 
     def timestep(self, sigma: Tensor) -> Tensor:
         """Nearest discrete index ``argmin |log sigma - log sigma_t|`` as a float tensor."""
@@ -201,6 +214,16 @@ class EDMSampling:
         return x * sd**2 / (sigma**2 + sd**2) + model_output * sigma * sd / (sigma**2 + sd**2) ** 0.5
 
 
+def native_model_sampling(prediction: Literal["eps", "v", "edm"] = "eps") -> ModelSampling:
+    """The sampling a checkpoint loads with, before any scheduler patches it (§2.1 step 10).
+
+    SDXL's discrete table (eps or v); a Playground v2.5 (EDM) checkpoint: EDM 0.002…80 with sigma_data 0.5.
+    """
+    if prediction == "edm":
+        return EDMSampling(0.002, 80.0, 0.5)
+    return DiscreteSampling(prediction)
+
+
 def select_model_sampling(
     scheduler: str, prediction: Literal["eps", "v", "edm"] = "eps"
 ) -> tuple[ModelSampling, str]:
@@ -214,6 +237,4 @@ def select_model_sampling(
         return DistilledSampling(scheduler), "sgm_uniform"  # type: ignore[arg-type]
     if scheduler == "edm_playground_v2.5":
         return EDMSampling(0.002, 120.0, 0.5), "karras"
-    if prediction == "edm":
-        return EDMSampling(0.002, 80.0, 0.5), scheduler
-    return DiscreteSampling(prediction), scheduler
+    return native_model_sampling(prediction), scheduler

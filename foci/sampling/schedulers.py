@@ -1,7 +1,13 @@
 """Noise schedules: the sigma sequence a sampler walks through (§2.6).
 
-Every scheduler returns a float32 tensor that ends in 0. ``compute_sigmas`` adds the two adjustments Fooocus
-makes on top: the penultimate-sigma drop for dpm_2/uni_pc samplers and truncation for partial denoise.
+Every scheduler returns a float32 tensor that ends in 0. Fooocus computes schedules in two places, and they
+disagree for two schedulers:
+
+* the sampler loop (ComfyUI's ``KSampler``) only knows the six ComfyUI names ``normal, karras, exponential,
+  sgm_uniform, simple, ddim_uniform``; it silently runs ``normal`` for ``turbo`` and ``align_your_steps``, drops
+  the penultimate sigma for dpm_2/uni_pc samplers and truncates for partial denoise (:func:`compute_sigmas`);
+* the Brownian tree of the SDE samplers spans the range of Fooocus's own schedule (real ``turbo``/AYS values,
+  penultimate drop only for dpm_2) on the model's native sampling (:func:`brownian_tree_range`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,14 @@ SCHEDULER_NAMES: tuple[str, ...] = SCHEDULERS
 REMAPPED_SCHEDULERS: dict[str, str] = {
     "lcm": "sgm_uniform", "tcd": "sgm_uniform", "edm_playground_v2.5": "karras",
 }
+# The schedulers ComfyUI's KSampler accepts; any other name makes it fall back to the first, ``normal``.
+KSAMPLER_SCHEDULERS: tuple[str, ...] = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform")
 # Samplers whose schedule is computed for one extra step with the penultimate sigma dropped.
 DISCARD_PENULTIMATE_SIGMA_SAMPLERS: frozenset[str] = frozenset(
     {"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"}
 )
+# Fooocus's own schedule for the Brownian-tree range drops the penultimate sigma for these two only.
+TREE_DISCARD_PENULTIMATE_SIGMA_SAMPLERS: frozenset[str] = frozenset({"dpm_2", "dpm_2_ancestral"})
 
 # NVIDIA "Align Your Steps" 10-step SDXL noise levels.
 AYS_SDXL_NOISE_LEVELS: tuple[float, ...] = (
@@ -140,27 +150,67 @@ def schedule_sigmas(sampling: ModelSampling, scheduler: str, steps: int) -> Tens
     return _SCHEDULES[name](sampling, steps)
 
 
-def _sigmas_for_sampler(sampling: ModelSampling, scheduler: str, steps: int, sampler: str) -> Tensor:
-    if sampler in DISCARD_PENULTIMATE_SIGMA_SAMPLERS:
+def sampler_scheduler(scheduler: str, *, fooocus_scheduler_fallback: bool = True) -> str:
+    """The schedule the sampler loop really runs for ``scheduler`` (§2.1 step 10, §2.6).
+
+    ``lcm``/``tcd`` → ``sgm_uniform`` and ``edm_playground_v2.5`` → ``karras``. With
+    ``fooocus_scheduler_fallback`` (the default, as Fooocus 2.5.5) a name ComfyUI's KSampler does not know —
+    ``turbo`` and ``align_your_steps`` — runs as ``normal``; without it they run their own schedule.
+    """
+    if scheduler not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULER_NAMES)}")
+    name = REMAPPED_SCHEDULERS.get(scheduler, scheduler)
+    if fooocus_scheduler_fallback and name not in KSAMPLER_SCHEDULERS:
+        return KSAMPLER_SCHEDULERS[0]
+    return name
+
+
+def _with_penultimate_drop(sampling: ModelSampling, scheduler: str, steps: int, drop: bool) -> Tensor:
+    if drop:
         sigmas = schedule_sigmas(sampling, scheduler, steps + 1)
         return torch.cat([sigmas[:-2], sigmas[-1:]])
     return schedule_sigmas(sampling, scheduler, steps)
 
 
-def compute_sigmas(
-    sampling: ModelSampling, scheduler: str, steps: int, *, sampler: str = "euler", denoise: float = 1.0
-) -> Tensor:
-    """Float32 sigmas ``[n+1]`` ending in 0 for ``steps`` steps of ``sampler`` (§2.6).
-
-    ``lcm``/``tcd``/``edm_playground_v2.5`` run their remapped schedule (pair them with the sampling from
-    :func:`~foci.sampling.model_sampling.select_model_sampling`). With ``denoise`` below 0.9999 the schedule
-    is computed for ``int(steps/denoise)`` steps and only the last ``steps + 1`` sigmas are kept.
-    """
-    if scheduler not in SCHEDULER_NAMES:
-        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULER_NAMES)}")
+def _truncated(build: Callable[[int], Tensor], steps: int, denoise: float) -> Tensor:
+    """``build(steps)``, or for partial denoise the last ``steps + 1`` sigmas of ``build(int(steps/denoise))``."""
     if not denoise > 0.0:
         raise ValueError(f"denoise must be > 0, got {denoise}")
     if denoise > 0.9999:
-        return _sigmas_for_sampler(sampling, scheduler, steps, sampler)
-    sigmas = _sigmas_for_sampler(sampling, scheduler, int(steps / denoise), sampler)
-    return sigmas[-(steps + 1):]
+        return build(steps)
+    return build(int(steps / denoise))[-(steps + 1):]
+
+
+def compute_sigmas(
+    sampling: ModelSampling, scheduler: str, steps: int, *, sampler: str = "euler", denoise: float = 1.0,
+    fooocus_scheduler_fallback: bool = True,
+) -> Tensor:
+    """Float32 sigmas ``[n+1]`` ending in 0 that ``sampler`` walks for ``steps`` steps (§2.6).
+
+    ``sampling`` is the model sampling the sampler uses (see
+    :func:`~foci.sampling.model_sampling.select_model_sampling`); the scheduler name goes through
+    :func:`sampler_scheduler`. dpm_2/uni_pc samplers get ``steps + 1`` sigmas with the penultimate dropped.
+    With ``denoise`` below 0.9999 the schedule is computed for ``int(steps/denoise)`` steps and only the last
+    ``steps + 1`` sigmas are kept.
+    """
+    name = sampler_scheduler(scheduler, fooocus_scheduler_fallback=fooocus_scheduler_fallback)
+    drop = sampler in DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    return _truncated(lambda n: _with_penultimate_drop(sampling, name, n, drop), steps, denoise)
+
+
+def brownian_tree_range(
+    native_sampling: ModelSampling, scheduler: str, steps: int, *, sampler: str = "euler", denoise: float = 1.0
+) -> tuple[float, float]:
+    """``(sigma_min, sigma_max)`` of the per-image Brownian tree, computed as Fooocus does (§2.7).
+
+    Fooocus sizes the tree before the sampler loads the model, so it sees the model's *native* sampling
+    (SDXL's discrete table; EDM 0.002…80 for Playground v2.5), not the one the ``lcm``/``tcd``/
+    ``edm_playground_v2.5`` schedulers patch in, and it runs its own schedule: real ``turbo`` and
+    ``align_your_steps`` values, the penultimate sigma dropped only for dpm_2/dpm_2_ancestral.
+    """
+    if scheduler not in SCHEDULER_NAMES:
+        raise ValueError(f"unknown scheduler {scheduler!r}; valid: {', '.join(SCHEDULER_NAMES)}")
+    name = REMAPPED_SCHEDULERS.get(scheduler, scheduler)
+    drop = sampler in TREE_DISCARD_PENULTIMATE_SIGMA_SAMPLERS
+    sigmas = _truncated(lambda n: _with_penultimate_drop(native_sampling, name, n, drop), steps, denoise)
+    return float(sigmas[sigmas > 0].min()), float(sigmas.max())

@@ -277,18 +277,19 @@ class PromptExpansion:
         return output[0].tolist(), length
 
     def token_ids(self, prompt: str, seed: int) -> list[int]:
-        """GPT-2 ids of ``safe_str(prompt) + ","`` followed by the sampled continuation ([] for an empty prompt)."""
-        text = safe_str(prompt)
-        return self._sample(text, seed)[0] if text else []
+        """GPT-2 ids of ``safe_str(prompt) + ","`` followed by the sampled continuation ([] for ``""``)."""
+        return self._sample(safe_str(prompt), seed)[0] if prompt != "" else []
 
     def __call__(self, prompt: str, seed: int) -> str:
         """Expand ``prompt``: the prompt, a comma and sampled style words, cleaned with ``safe_str``.
 
         A prompt whose ``text + ","`` already ends on a multiple of 75 tokens comes back as ``safe_str(prompt)``.
+        Only the empty string gives ``""``: like Fooocus, a prompt that ``safe_str`` empties (``"."``, ``" , "``)
+        is still expanded, from the lone comma.
         """
-        text = safe_str(prompt)
-        if not text:
+        if prompt == "":
             return ""
+        text = safe_str(prompt)
         ids, input_length = self._sample(text, seed)
         if len(ids) == input_length:
             return text

@@ -204,7 +204,7 @@ def plan_image_prompts(prompt: str, negative: str, styles: Sequence[str], *, see
         placeholder_seen = False
         for name in templates:
             if name == RANDOM_STYLE:
-                pool = library.template_names()
+                pool = library.random_style_pool()
                 if not pool:
                     raise StyleError("'Random Style' selected but the style library has no template style")
                 name = rng.choice(pool)

@@ -77,27 +77,35 @@ def read_style_file(path: Path) -> list[Style]:
 
 
 def _json_files(folder: Path) -> list[Path]:
-    """The ``*.json`` files directly inside ``folder``, sorted by name; none if the folder is missing."""
+    """The ``*.json`` files directly inside ``folder``, sorted case-insensitively by name (as Fooocus lists
+    them); none if the folder is missing."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted((path for path in folder.glob("*.json") if path.is_file()), key=lambda path: path.name)
+    return sorted((path for path in folder.glob("*.json") if path.is_file()),
+                  key=lambda path: (path.name.casefold(), path.name))
 
 
 class StyleLibrary:
     """An ordered, immutable set of template styles plus the two special names."""
 
-    def __init__(self, styles: Sequence[Style] = (), warnings: Sequence[str] = ()) -> None:
+    def __init__(self, styles: Sequence[Style] = (), warnings: Sequence[str] = (),
+                 random_pool_order: Sequence[str] = ()) -> None:
         ordered: dict[str, Style] = {}
         for style in styles:
             # A later definition replaces the text but keeps the first position (dict semantics, as Fooocus).
             ordered[style.name] = style
         self._styles = ordered
         self.warnings: tuple[str, ...] = tuple(warnings)
+        # Fooocus's own load order (user files before its shipped ones) decides which style a seed picks.
+        pool = dict.fromkeys(name for name in random_pool_order if name in ordered)
+        self._random_pool = list(pool) + [name for name in ordered if name not in pool]
 
     @classmethod
     def load(cls, user_folders: Sequence[Path] = ()) -> StyleLibrary:
         """Shipped styles first, then each user folder's ``*.json`` (sorted); later files win per name.
+
+        :meth:`random_style_pool` keeps Fooocus's order instead, user styles before the shipped ones.
 
         A malformed shipped file raises :class:`StyleError`; a malformed user file is skipped and reported in
         :attr:`warnings` so that it cannot hide the other styles.
@@ -105,6 +113,7 @@ class StyleLibrary:
         styles: list[Style] = []
         for path in _json_files(SHIPPED_STYLES_DIR):
             styles.extend(read_style_file(path))
+        shipped = [style.name for style in styles]
         warnings: list[str] = []
         for folder in user_folders:
             for path in _json_files(Path(folder)):
@@ -112,7 +121,8 @@ class StyleLibrary:
                     styles.extend(read_style_file(path))
                 except StyleError as error:
                     warnings.append(str(error))
-        return cls(styles, warnings)
+        user = [style.name for style in styles[len(shipped):]]
+        return cls(styles, warnings, random_pool_order=user + shipped)
 
     def __len__(self) -> int:
         return len(self._styles)
@@ -124,8 +134,13 @@ class StyleLibrary:
         return normalised in self._styles or normalised in (FOOOCUS_V2, RANDOM_STYLE)
 
     def template_names(self) -> list[str]:
-        """Template style names in library order (the pool ``Random Style`` draws from)."""
+        """Template style names in library order."""
         return list(self._styles)
+
+    def random_style_pool(self) -> list[str]:
+        """The templates ``Random Style`` draws from, in Fooocus's load order (§1.4): user styles first (files
+        sorted case-insensitively), then the shipped ones; ``rng.choice`` over this list picks the style."""
+        return list(self._random_pool)
 
     def names(self) -> list[str]:
         """Every legal name: ``Fooocus V2``, ``Random Style``, then all templates in library order."""

@@ -2,6 +2,11 @@
 
 Both SDXL text encoders use the same 49,408-token byte-level BPE vocabulary; they differ only in padding:
 CLIP-L pads with ``<|endoftext|>`` (49407), CLIP-G with ``"!"`` (id 0).
+
+Text normalisation follows Fooocus's tokenizer, the slow ``transformers.CLIPTokenizer`` in an environment
+without ``ftfy``: it falls back to BERT's ``BasicTokenizer`` (control and format characters such as the
+zero-width joiner dropped, whitespace unified, a space around every CJK ideograph, NFC, lower case), then
+applies CLIP's split pattern and byte-level BPE (see :func:`use_fooocus_normalization`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from tokenizers import Regex, normalizers
 from transformers import CLIPTokenizer
 
 BPE_FILE_NAME = "bpe_simple_vocab_16e6.txt.gz"
@@ -111,6 +117,29 @@ def _write_tokenizer_files(bpe_path: Path) -> Path:
     return target
 
 
+def fooocus_normalizer() -> normalizers.Normalizer:
+    """BERT ``BasicTokenizer`` clean-up as the slow CLIP tokenizer applies it when ``ftfy`` is missing.
+
+    In order: drop control/format characters (Unicode category C*: U+200D zero-width joiner, U+FEFF, …) and
+    NUL/U+FFFD, map whitespace to a space, surround each CJK ideograph (not kana, not CJK punctuation) with
+    spaces, no accent stripping; then NFC, whitespace runs to one space and lower case, as the fast CLIP
+    tokenizer's own normaliser does.
+    """
+    return normalizers.Sequence([
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                                   lowercase=False),
+        normalizers.NFC(),
+        normalizers.Replace(Regex(r"\s+"), " "),
+        normalizers.Lowercase(),
+    ])
+
+
+def use_fooocus_normalization(tokenizer: CLIPTokenizer) -> CLIPTokenizer:
+    """Give a fast CLIP tokenizer Fooocus's text normalisation (:func:`fooocus_normalizer`); returns it."""
+    tokenizer.backend_tokenizer.normalizer = fooocus_normalizer()
+    return tokenizer
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizers_from_bpe(bpe_path: str) -> tuple[CLIPTokenizer, CLIPTokenizer]:
     folder = _write_tokenizer_files(Path(bpe_path))
@@ -118,7 +147,7 @@ def _tokenizers_from_bpe(bpe_path: str) -> tuple[CLIPTokenizer, CLIPTokenizer]:
                   model_max_length=MODEL_MAX_LENGTH)
     tokenizer_l = CLIPTokenizer.from_pretrained(str(folder), pad_token=EOS_TOKEN, **common)
     tokenizer_g = CLIPTokenizer.from_pretrained(str(folder), pad_token=CLIP_G_PAD_TOKEN, **common)
-    return tokenizer_l, tokenizer_g
+    return use_fooocus_normalization(tokenizer_l), use_fooocus_normalization(tokenizer_g)
 
 
 @functools.lru_cache(maxsize=4)
@@ -126,7 +155,7 @@ def _tokenizers_from_folder(folder: str) -> tuple[CLIPTokenizer, CLIPTokenizer]:
     root = Path(folder)
     tokenizer_l = CLIPTokenizer.from_pretrained(str(root / "tokenizer"), local_files_only=True)
     tokenizer_g = CLIPTokenizer.from_pretrained(str(root / "tokenizer_2"), local_files_only=True)
-    return tokenizer_l, tokenizer_g
+    return use_fooocus_normalization(tokenizer_l), use_fooocus_normalization(tokenizer_g)
 
 
 def load_sdxl_tokenizers(folder: Path | None = None) -> tuple[CLIPTokenizer, CLIPTokenizer]:

@@ -38,9 +38,14 @@ def _txt_files(folder: Path) -> list[Path]:
 
 
 def read_wildcard_lines(path: Path) -> list[str]:
-    """The non-empty lines of a wildcard file (lines are not stripped, exactly like Fooocus)."""
+    """The non-empty lines of a wildcard file, exactly as Fooocus reads them.
+
+    The file is decoded as plain UTF-8, so a byte-order mark stays in the first line (``"\ufeffspring"``; a
+    BOM-only first line is a choice of its own); lines are neither stripped nor de-duplicated; only lines that
+    are exactly empty are dropped. The CLIP tokenizer later drops the BOM character from the prompt.
+    """
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise WildcardError(f"wildcard file {path} is not UTF-8 text: {error}") from error
     except OSError:

@@ -181,8 +181,20 @@ def test_prompt_on_boundary_unchanged(expander: PromptExpansion) -> None:
 
 def test_empty_prompt(expander: PromptExpansion) -> None:
     assert expander("", 1) == ""
-    assert expander(" ,. \n", 1) == ""
     assert expander.token_ids("", 1) == []
+
+
+@pytest.mark.parametrize("prompt", [".", " ,. \n"])
+def test_punctuation_only_prompt_is_expanded_from_the_comma(expander: PromptExpansion, prompt: str) -> None:
+    """§2.3: only an empty prompt returns ``''``; any other prompt is ``safe_str``-ed and a comma appended, so
+    ``"."`` becomes the one-token input ``","`` and 74 words/commas are sampled after it. The decoded text is
+    ``safe_str``-ed again, which strips the leading comma."""
+    ids = expander.token_ids(prompt, 5)
+    assert ids[0] == COMMA and len(ids) == 75
+    assert set(ids[1:]) <= set(expander.allowed_token_ids) | {COMMA}
+    text = expander(prompt, 5)
+    assert text and text == safe_str(expander.tokenizer.decode(ids, skip_special_tokens=True))
+    assert text == expander(",", 5)
 
 
 def test_bin_weights_and_folder_tokenizer_match(expander: PromptExpansion, expansion_dirs: dict[str, Path]) -> None:

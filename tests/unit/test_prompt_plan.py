@@ -137,8 +137,8 @@ def test_arrays_follow_comma_cleanup(library: StyleLibrary, wildcards: WildcardL
 def test_random_style_uses_image_rng_after_wildcards(library: StyleLibrary, wildcards: WildcardLibrary) -> None:
     reference = random.Random(2024)
     animal = reference.choice(["cat", "dog", "owl", "fox", "yak"])
-    chosen = reference.choice(library.template_names())
-    second = reference.choice(library.template_names())
+    chosen = reference.choice(library.random_style_pool())
+    second = reference.choice(library.random_style_pool())
     result = plan(library, wildcards, "__animal__", styles=[RANDOM_STYLE, "random-style"], seed=2024)
     assert result.task_prompt == animal
     assert result.styles == [chosen, second]
@@ -148,6 +148,25 @@ def test_random_style_uses_image_rng_after_wildcards(library: StyleLibrary, wild
     if not any("{prompt}" in library.get(name).prompt for name in (chosen, second)):
         expected_positive.insert(0, animal)
     assert result.positive == [item for item in expected_positive if item]
+
+
+def test_random_style_pool_is_in_fooocus_load_order(tmp_path, wildcards: WildcardLibrary) -> None:
+    """§1.4: Fooocus loads user style files first (case-insensitive file order), then its shipped files, into one
+    dict, and ``Random Style`` is ``rng.choice(list(styles))`` over that order. So with user styles present
+    the pool starts with them: for the same seed ``a cat`` gets the style at the same index of that order."""
+    folder = tmp_path / "styles"
+    folder.mkdir()
+    (folder / "b.json").write_text('[{"name": "zz user b", "prompt": "{prompt}, b"}]', encoding="utf-8")
+    (folder / "A.json").write_text('[{"name": "zz user a", "prompt": "{prompt}, a"},'
+                                   ' {"name": "Fooocus Sharp", "prompt": "{prompt}, mine"}]', encoding="utf-8")
+    library = StyleLibrary.load([folder])
+    shipped = StyleLibrary.load().template_names()
+    pool = ["Zz User A", "Fooocus Sharp", "Zz User B", *[name for name in shipped if name != "Fooocus Sharp"]]
+    assert library.random_style_pool() == pool
+    assert library.template_names() == [*shipped, "Zz User A", "Zz User B"]  # user text still wins per name
+    for seed in range(40):
+        result = plan(library, wildcards, "a cat", styles=[RANDOM_STYLE], seed=seed)
+        assert result.styles == [random.Random(seed).choice(pool)], seed
 
 
 def test_unknown_style_raises(library: StyleLibrary, wildcards: WildcardLibrary) -> None:

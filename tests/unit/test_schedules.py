@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 
 import pytest
@@ -12,12 +14,15 @@ from foci.sampling.model_sampling import (
     DistilledSampling,
     EDMSampling,
     kohya_schedule,
+    native_model_sampling,
     select_model_sampling,
 )
 from foci.sampling.schedulers import (
     AYS_SDXL_NOISE_LEVELS,
     SCHEDULER_NAMES,
+    brownian_tree_range,
     compute_sigmas,
+    sampler_scheduler,
     schedule_sigmas,
 )
 from foci.task import SCHEDULERS
@@ -110,13 +115,13 @@ def test_schedulers_endpoints_and_lengths() -> None:
     assert len(ddim) == 32 and ddim[-1] == 0
     assert ddim[0] == TABLE[991] and ddim[-2] == TABLE[1]
 
-    turbo = compute_sigmas(DISCRETE, "turbo", 4)
+    turbo = schedule_sigmas(DISCRETE, "turbo", 4)
     assert torch.allclose(turbo, torch.cat([TABLE[[999, 899, 799, 699]], torch.zeros(1)]), rtol=1e-6)
-    assert len(compute_sigmas(DISCRETE, "turbo", 30)) == 11  # at most 10 turbo steps
+    assert len(schedule_sigmas(DISCRETE, "turbo", 30)) == 11  # at most 10 turbo steps
 
-    ays10 = compute_sigmas(DISCRETE, "align_your_steps", 10)
+    ays10 = schedule_sigmas(DISCRETE, "align_your_steps", 10)
     assert torch.equal(ays10, torch.tensor([*AYS_SDXL_NOISE_LEVELS[:-1], 0.0], dtype=torch.float32))
-    ays30 = compute_sigmas(DISCRETE, "align_your_steps", n)
+    ays30 = schedule_sigmas(DISCRETE, "align_your_steps", n)
     assert len(ays30) == n + 1 and ays30[-1] == 0
     # log-linear interpolation keeps the original levels at every third point
     kept = torch.tensor(AYS_SDXL_NOISE_LEVELS[:-1], dtype=torch.float32)
@@ -178,7 +183,22 @@ def test_select_model_sampling_remaps() -> None:
     assert type(sampling) is DiscreteSampling and sampling.prediction == "v" and name == "karras"
 
 
+def _nudged(value: torch.Tensor, ulps: int) -> torch.Tensor:
+    """``value`` moved by ``ulps`` float32 steps (what another CPU's ``log``/``exp`` kernel may return)."""
+    for _ in range(abs(ulps)):
+        value = torch.nextafter(value, torch.tensor(math.copysign(math.inf, ulps), dtype=value.dtype))
+    return value
+
+
 def test_distilled_lcm_table_and_timesteps() -> None:
+    """The 4-step LCM schedule meets an exact tie, resolved as the reference's ``argmin``: first index.
+
+    sgm_uniform puts a timestep at 509 = 19 + 20·24.5, exactly halfway in log space between distilled entries
+    24 and 25, so both distances are mathematically equal and the reference's ``argmin`` keeps entry 24
+    (timestep 499). In float32 the tie is decided by the last bit of ``log``, which depends on the CPU's vector
+    kernels (an AMX Xeon gave 519). The test therefore does not rely on this CPU's rounding: it replays every
+    one-ulp variation of the two table logs and of the sigma and requires 499 for all of them.
+    """
     lcm = DistilledSampling("lcm")
     assert lcm.sigmas.shape == (50,)
     assert torch.equal(lcm.sigmas, TABLE[19::20])
@@ -187,6 +207,66 @@ def test_distilled_lcm_table_and_timesteps() -> None:
     sigmas = compute_sigmas(lcm, "sgm_uniform", 4)
     assert lcm.timestep(sigmas[:-1]).long().tolist() == [999, 759, 499, 259]
     assert len(lcm.alphas_cumprod) == 1000  # TCD indexes the full table
+
+    plain_argmin_flips = False
+    for low_ulps, high_ulps, sigma_ulps in itertools.product((-1, 0, 1), repeat=3):
+        probe = copy.copy(lcm)
+        probe.log_sigmas = lcm.log_sigmas.clone()
+        probe.log_sigmas[24] = _nudged(lcm.log_sigmas[24], low_ulps)
+        probe.log_sigmas[25] = _nudged(lcm.log_sigmas[25], high_ulps)
+        sigma = _nudged(sigmas[2], sigma_ulps).reshape(1)
+        assert probe.timestep(sigma).long().tolist() == [499], (low_ulps, high_ulps, sigma_ulps)
+        plain = (sigma.log() - probe.log_sigmas[:, None]).abs().argmin(dim=0)
+        plain_argmin_flips = plain_argmin_flips or plain.item() == 25
+    assert plain_argmin_flips  # a bare float32 argmin would give 519 for some of these roundings
+
+
+def test_ksampler_runs_normal_for_turbo_and_align_your_steps() -> None:
+    """§2.6 lists ``turbo``/``align_your_steps`` among Fooocus's schedulers, but only its Brownian-tree sizing
+    calls that scheduler function. The sampler loop is ComfyUI's ``KSampler``, whose scheduler list holds just
+    ``normal, karras, exponential, sgm_uniform, simple, ddim_uniform`` and which replaces any other name by the
+    first, ``normal`` — so in Fooocus 2.5.5 both names sample on the ``normal`` schedule (penultimate drop for
+    dpm_2/uni_pc included). ``fooocus_scheduler_fallback=False`` runs the named schedule instead.
+    """
+    assert sampler_scheduler("turbo") == sampler_scheduler("align_your_steps") == "normal"
+    assert sampler_scheduler("lcm") == "sgm_uniform" and sampler_scheduler("edm_playground_v2.5") == "karras"
+    assert sampler_scheduler("karras") == "karras"
+    for scheduler in ("turbo", "align_your_steps"):
+        for sampler in ("dpm_2", "euler", "uni_pc"):
+            for steps in (4, 8, 30):
+                got = compute_sigmas(DISCRETE, scheduler, steps, sampler=sampler)
+                assert torch.equal(got, compute_sigmas(DISCRETE, "normal", steps, sampler=sampler))
+    # normal at 4 steps: timesteps linspace(999, 0, 4) = 999, 666, 333, 0 -> table entries, then 0
+    euler = compute_sigmas(DISCRETE, "turbo", 4)
+    assert euler.tolist() == pytest.approx([*TABLE[[999, 666, 333, 0]].tolist(), 0.0], rel=1e-6)
+    # dpm_2 at 8 steps: normal over 9 points (999 - 124.875·k) with the penultimate (t = 0) dropped; 499.5 is
+    # an exact tie between entries 499 and 500, resolved to the first as in the LCM test below
+    dpm2 = compute_sigmas(DISCRETE, "align_your_steps", 8, sampler="dpm_2")
+    assert DISCRETE.timestep(dpm2[:-1]).long().tolist() == [999, 874, 749, 624, 499, 375, 250, 125]
+    turbo = compute_sigmas(DISCRETE, "turbo", 8, fooocus_scheduler_fallback=False)
+    assert torch.equal(turbo, schedule_sigmas(DISCRETE, "turbo", 8))
+
+
+def test_brownian_tree_range_follows_fooocus_own_schedule() -> None:
+    """§2.7: the tree spans ``min(σ > 0)…max(σ)`` of the schedule Fooocus computes *before* sampling
+    (``default_pipeline.calculate_sigmas``): the real turbo/AYS values, the penultimate drop only for dpm_2, on
+    the model's native sampling — for Playground v2.5 that is EDM 0.002…80 (the 0.002…120 sampling of the
+    ``edm_playground_v2.5`` scheduler is only patched in when the sampler loads the model)."""
+    discrete = native_model_sampling("eps")
+    low, high = brownian_tree_range(discrete, "turbo", 8, sampler="dpmpp_2m_sde_gpu")
+    assert (low, high) == pytest.approx((TABLE[299].item(), TABLE[999].item()), rel=1e-6)
+    low, _ = brownian_tree_range(discrete, "turbo", 8, sampler="dpm_2")  # 9 turbo steps, penultimate dropped
+    assert low == pytest.approx(TABLE[299].item(), rel=1e-6)
+    low, _ = brownian_tree_range(discrete, "align_your_steps", 10, sampler="dpmpp_sde")
+    assert low == pytest.approx(AYS_SDXL_NOISE_LEVELS[-2], rel=1e-6)
+    low, high = brownian_tree_range(discrete, "karras", 30, sampler="dpmpp_2m_sde_gpu")
+    assert (low, high) == pytest.approx((DISCRETE.sigma_min, DISCRETE.sigma_max), rel=1e-6)
+
+    playground = native_model_sampling("edm")
+    low, high = brownian_tree_range(playground, "edm_playground_v2.5", 30, sampler="dpmpp_2m_sde_gpu")
+    assert (low, high) == pytest.approx((0.002, 80.0), rel=1e-5)
+    sampling, name = select_model_sampling("edm_playground_v2.5", "edm")
+    assert compute_sigmas(sampling, name, 30)[0].item() == pytest.approx(120.0, rel=1e-5)
 
 
 def test_lcm_boundary_condition_and_tcd_plain_eps() -> None:

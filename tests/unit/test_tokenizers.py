@@ -80,6 +80,38 @@ def test_known_clip_ids(tokenizers, text, expected):
         assert tokenizer(text)["input_ids"] == expected
 
 
+def _ids_of_pieces(tokenizer, pieces):
+    """BOS + the ids of each piece tokenized on its own + EOS."""
+    return [BOS, *[i for piece in pieces for i in tokenizer(piece)["input_ids"][1:-1]], EOS]
+
+
+def test_cjk_text_is_normalised_like_fooocus(tokenizers):
+    """Fooocus tokenizes with the slow ``transformers.CLIPTokenizer`` and no ``ftfy`` installed (it is not in
+    its requirements), so the text first goes through BERT's ``BasicTokenizer``: a space around every CJK
+    ideograph (U+4E00–9FFF …; kana and the ideographic comma are not ideographs), then CLIP's split pattern.
+    ``東京の夜景、ネオン`` therefore splits into ``東 京 の 夜 景 、ネオン`` before BPE; without that step the
+    pattern keeps ``東京の夜景`` as one letter run and BPE gives other ids."""
+    pieces = ["東", "京", "の", "夜", "景", "、ネオン"]
+    expected = [BOS, 27667, 365, 21078, 361, 4813, 362, 23170, 506, 48132, 363, 45262, 2429, 235, 3909, 103,
+                26875, EOS]
+    for tokenizer in tokenizers:
+        assert _ids_of_pieces(tokenizer, pieces) == expected
+        assert tokenizer("東京の夜景、ネオン")["input_ids"] == expected
+        split_comma = [*pieces[:-1], "、", "ネオン"]
+        assert tokenizer("東京の 夜景、 ネオン")["input_ids"] == _ids_of_pieces(tokenizer, split_comma)
+
+
+def test_zero_width_joiner_and_other_format_characters_are_dropped(tokenizers):
+    """``BasicTokenizer`` drops every character of Unicode category C* except tab/newline/CR — among them the
+    zero-width joiner (U+200D, Cf) inside emoji sequences and a byte-order mark (U+FEFF) — before BPE, so
+    ``👨‍👩‍👧‍👦 family`` is tokenized as the four separate emoji ``👨👩👧👦 family``."""
+    expected = [BOS, 18966, 18800, 48938, 964, 355, 1315, EOS]
+    for tokenizer in tokenizers:
+        assert tokenizer("👨\u200d👩\u200d👧\u200d👦 family")["input_ids"] == expected
+        assert tokenizer("👨👩👧👦 family")["input_ids"] == expected
+        assert tokenizer("\ufeffhello\tWorld")["input_ids"] == [BOS, 3306, 1002, EOS]
+
+
 def test_exclamation_mark_is_special_only_in_the_clip_g_tokenizer(tokenizers):
     # CLIP-G's pad token "!" is registered as a special token, so it no longer merges into "!</w>" (256).
     # Fooocus tokenizes both sides with the plain CLIP tokenizer; PromptEncoder therefore uses tokenizer_l.

@@ -120,9 +120,27 @@ def test_undecodable_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(WildcardError, match="bad.txt"):
         read_wildcard_lines(path)
     assert read_wildcard_lines(tmp_path / "missing.txt") == []
-    bom = tmp_path / "bom.txt"
-    bom.write_bytes("\ufeffalpha\r\nbeta".encode())
-    assert read_wildcard_lines(bom) == ["alpha", "beta"]
+
+
+def test_bom_blank_and_duplicate_lines_are_kept_like_fooocus(tmp_path: Path) -> None:
+    """Fooocus reads ``open(path, encoding='utf-8').read().splitlines()`` and drops only ``''`` lines: a UTF-8
+    byte-order mark is not stripped (it stays in the first line, and a BOM-only first line is a choice of its
+    own), whitespace-only and duplicate lines stay. ``rng.choice`` over that exact list decides the word."""
+    folder = tmp_path / "wc"
+    folder.mkdir()
+    (folder / "bom.txt").write_bytes("\ufeffalpha\r\nbeta".encode())
+    (folder / "season.txt").write_bytes("\ufeff\nspring\n\nsummer\r\nsummer\n  \nwinter\n\n".encode())
+    assert read_wildcard_lines(folder / "bom.txt") == ["\ufeffalpha", "beta"]
+    season = ["\ufeff", "spring", "summer", "summer", "  ", "winter"]
+    assert read_wildcard_lines(folder / "season.txt") == season
+    bom = ["\ufeffalpha", "beta"]
+    lib = WildcardLibrary.load([folder], include_shipped=False)
+    for seed in range(12):
+        reference = random.Random(seed)
+        expected = reference.choice(season) + " in " + reference.choice(bom)
+        assert lib.expand("__season__ in __bom__", random.Random(seed)) == expected
+    in_order = [lib.expand("__season__", random.Random(0), read_in_order=True, image_index=i) for i in range(7)]
+    assert in_order == [*season, season[0]]
 
 
 @pytest.mark.parametrize(("index", "expected"), [
