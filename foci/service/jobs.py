@@ -199,6 +199,8 @@ class WorkerInfo(BaseModel):
     model_loads: int = 0
     step_seconds_sum: float = 0.0
     step_count: int = 0
+    queue_wait_seconds_sum: float = 0.0
+    queue_wait_count: int = 0
     last_seen: float = 0.0
 
 
