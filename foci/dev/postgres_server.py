@@ -9,6 +9,7 @@ PostgreSQL refuses to run as root: as root the server runs as the ``postgres`` u
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -99,10 +100,8 @@ class LocalPostgres:
 
     def stop(self) -> None:
         """Stop the server at once and delete its files."""
-        try:
+        with contextlib.suppress(PostgresUnavailable):
             self._run("pg_ctl", "-D", str(self.data_dir), "-m", "immediate", "-w", "stop")
-        except PostgresUnavailable:
-            pass
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalPostgres:
