@@ -6,11 +6,13 @@ Each idle worker, when it claims, looks at the first queued jobs (in queue order
 1. the first job that has waited longer than ``max_wait`` seconds — no job is ever starved;
 2. else the first job whose model set (base, refiner, LoRAs) it holds;
 3. else the first job whose base model (and refiner) it holds — LoRAs switch without reloading the checkpoint;
-4. else the first job whose models no other live worker holds — an idle worker is the least-loaded one;
-5. else nothing for now: those jobs wait (at most ``max_wait``) for the worker that holds their models.
+4. else the first job whose models no other live worker holds;
+5. else the first job not kept for another worker: each other worker keeps the first queued job for the models
+   it holds (the one it takes next) — the rest go to whoever is idle, the least-loaded worker;
+6. else nothing for now: the jobs kept for busy workers wait for them, at most ``max_wait`` seconds (rule 1).
 
-A worker that holds nothing yet skips rule 5's wait only for jobs nobody holds, so two fresh workers on a queue
-alternating two models settle on one model each.
+So two fresh workers on a queue alternating two models settle on one model each, and a queue of one model keeps
+every worker busy.
 """
 
 from __future__ import annotations
@@ -72,9 +74,14 @@ class AffinityRouter:
         for index, models in enumerate(wanted):
             if _checkpoints(models) in mine:
                 return candidates[index].id
-        theirs = {_checkpoints(held) for peer in peers if peer.id != self.worker_id and peer.state != "stopped"
-                  for held in peer.models}
+        others = [{_checkpoints(held) for held in peer.models} for peer in peers
+                  if peer.id != self.worker_id and peer.state != "stopped"]
+        theirs = set().union(*others)
         for index, models in enumerate(wanted):
             if _checkpoints(models) not in theirs:
                 return candidates[index].id
-        return None
+        kept: set[int] = set()
+        for held in others:
+            kept.update(next(([index] for index, models in enumerate(wanted)
+                              if index not in kept and _checkpoints(models) in held), []))
+        return next((job.id for index, job in enumerate(candidates) if index not in kept), None)

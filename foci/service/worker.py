@@ -10,7 +10,8 @@
 With ``lease_seconds`` (workers on other processes or machines, e.g. Ray actors) each claim is a lease the worker
 renews from a heartbeat thread, which also reports the worker (state, models held, counters) to the store; a job
 whose lease was lost (this worker was presumed dead and the job re-queued) is abandoned, never completed twice.
-With a ``router`` the worker picks jobs by model affinity (:mod:`foci.service.routing`).
+With ``affinity_wait`` the worker picks jobs by model affinity (:mod:`foci.service.routing`), letting a job
+wait at most that many seconds for a worker that holds its models.
 
 For each job it publishes ``started``, then ``progress`` (every step, with an ETA and, at most every
 ``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
@@ -97,7 +98,7 @@ class Worker:
                  webhook: Callable[[Job], None] | None = None, previews: bool = True,
                  progress_interval: float = 0.2, preview_interval: float = 0.5, preview_size: int = 256,
                  name: str = "foci-worker", lease_seconds: float | None = None,
-                 router: AffinityRouter | None = None, node: str | None = None) -> None:
+                 affinity_wait: float | None = None, node: str | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         if lease_seconds is not None and lease_seconds <= 0:
@@ -114,9 +115,10 @@ class Worker:
         self.name = name
         self.worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
         self.lease_seconds = lease_seconds
-        self.router = router
         self.node = node if node is not None else socket.gethostname()
-        self._held = router if router is not None else AffinityRouter(self.worker_id)  # what this worker holds
+        # what this worker holds; with affinity_wait it also picks the jobs (else: the queue's first)
+        self._held = AffinityRouter(self.worker_id, max_wait=affinity_wait or 0.0)
+        self.router = self._held if affinity_wait is not None else None
         self._stats = WorkerInfo(id=self.worker_id, name=name, node=self.node)
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -67,7 +67,9 @@ def test_routing_prefers_held_models_then_unheld_ones_and_never_starves() -> Non
     # Same checkpoint, other LoRAs: preferred over unheld models (LoRAs switch without reloading).
     lora_job = queued("b2", "B.safetensors", loras=[{"name": "x.safetensors", "weight": 0.5}])
     assert router.choose([jobs[2], lora_job], others, now=101) == "b2"
-    # Only jobs for a busy peer's model: wait for it — but no longer than max_wait.
+    # A busy peer keeps the first job for its model; the next one goes to this idle worker.
+    assert router.choose([jobs[0], queued("a2", "A.safetensors")], others, now=101) == "a2"
+    # Only the job kept for a busy peer: wait for it — but no longer than max_wait.
     assert router.choose([jobs[0]], others, now=105) is None
     assert router.choose([jobs[0]], others, now=110.5) == "a1"
     assert router.choose([jobs[0]], [peer("other", "A.safetensors", state="stopped")], now=101) == "a1"
@@ -296,4 +298,4 @@ def test_ray_workers_serve_alternating_models_with_at_most_two_loads_each(
     loads = loads_per_process(log)
     assert len(loads) == 2 and max(loads.values()) <= 2, loads
     assert sorted(info.model_loads for info in infos) == sorted(loads.values())
-    assert {info.models[0]["base"] for info in infos} == {"A.safetensors", "B.safetensors"}
+    assert {models["base"] for info in infos for models in info.models} == {"A.safetensors", "B.safetensors"}
