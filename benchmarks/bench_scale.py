@@ -68,7 +68,7 @@ def main() -> None:
                 if server is None:
                     from foci.dev.postgres_server import LocalPostgres
 
-                    server = LocalPostgres.start(Path(tempfile.mkdtemp(prefix="foci-bench-pg-")))
+                    server = LocalPostgres.start(folder / "postgres")
                 queue = server.create_database()
             elif "://" in args.queue:
                 queue = args.queue
