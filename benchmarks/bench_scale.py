@@ -59,6 +59,7 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", str(Path.cwd()))}})
     folder = Path(tempfile.mkdtemp(prefix="foci-bench-"))
+    pg_folder = Path(tempfile.mkdtemp(prefix="foci-bench-pg-"))
     server = None
     try:
         factory = FakeEngineFactory(folder / "outputs", steps=args.steps, step_delay=args.step_delay)
@@ -68,7 +69,7 @@ def main() -> None:
                 if server is None:
                     from foci.dev.postgres_server import LocalPostgres
 
-                    server = LocalPostgres.start(folder / "postgres")
+                    server = LocalPostgres.start(pg_folder)  # its own folder: the server runs as "postgres"
                 queue = server.create_database()
             elif "://" in args.queue:
                 queue = args.queue
@@ -82,6 +83,7 @@ def main() -> None:
         if server is not None:
             server.stop()
         shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(pg_folder, ignore_errors=True)
         ray.shutdown()
 
 
