@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 RUN_ARGS ?=
 
-.PHONY: install install-test run test lint browser
+.PHONY: install install-test run test lint browser postgres
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,15 @@ browser:
 		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
 		echo "chromium could not be installed: the browser tests will be skipped"; }
 
-test: install-test browser
+# PostgreSQL server binaries for the queue tests (Debian package; the tests start a throwaway server on loopback).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get install -y -q postgresql >/dev/null 2>&1 || \
+		{ $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q postgresql >/dev/null; } || \
+		echo "postgresql could not be installed: the PostgreSQL tests will be skipped"; }
+
+test: install-test browser postgres
 	$(BIN)/ruff check foci tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
@@ -31,7 +31,9 @@ from foci.records.outputs import read_metadata
 from foci.service.admission import AdmissionError, admit
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
-from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError
+from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError, WorkerInfo
+from foci.service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from foci.service.metrics import render_metrics
 from foci.service.webhooks import WebhookError, check_webhook_target, validate_webhook_url
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets
@@ -211,6 +213,8 @@ class Health(BaseModel):
     queued: int
     running: int
     auth: bool
+    queue_depth: int = Field(0, description="queued jobs (the same as queued)")
+    workers: list[WorkerInfo] = Field(default_factory=list, description="each worker, its state and loaded models")
 
 
 class MetadataResult(BaseModel):
@@ -416,6 +420,11 @@ class ApiContext:
     def __post_init__(self) -> None:
         self.styles = StyleLibrary.load(tuple(self.engine.styles_dirs))
 
+    def workers_info(self) -> list[WorkerInfo]:
+        """The workers' reports, when the worker (pool) gives them."""
+        report = getattr(self.worker, "workers_info", None)
+        return list(report()) if callable(report) else []
+
     def close_streams(self) -> None:
         """End every open event stream within ``event_poll_seconds`` (call before stopping the server, whose
         graceful shutdown otherwise waits for streams of jobs that have not ended)."""
@@ -513,6 +522,13 @@ def create_app(*, store: JobStore, worker: Worker | None, bus: EventBus, engine:
     _add_job_routes(router, context)
     _add_info_routes(router, context)
     app.include_router(router)
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(_authenticator(auth))])
+    def metrics() -> PlainTextResponse:
+        """Prometheus metrics: jobs by state, workers, model loads, step time, queue wait."""
+        text = render_metrics(context.store, context.workers_info())
+        return PlainTextResponse(text, media_type=METRICS_CONTENT_TYPE)
+
     return app
 
 
@@ -715,7 +731,7 @@ def _add_info_routes(router: APIRouter, context: ApiContext) -> None:
         queued = context.store.count(states=[JobState.QUEUED])
         running = context.store.count(states=[JobState.RUNNING])
         return Health(status="ok", version=__version__, worker=worker_state, queued=queued, running=running,
-                      auth=context.auth.enabled)
+                      auth=context.auth.enabled, queue_depth=queued, workers=context.workers_info())
 
     @router.post("/metadata", response_model=MetadataResult, summary="The task an image's metadata encodes",
                  responses={413: {"model": ErrorBody, "description": "upload too large"}},

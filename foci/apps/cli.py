@@ -310,7 +310,7 @@ def _pin_model(engine, name: str, sha256: str | None) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from foci.apps.serve import DEFAULT_PORT, build_service, serve
+    from foci.apps.serve import DEFAULT_PORT, ScaleOptions, build_service, serve
     from foci.files.downloads import DownloadError, required_files
 
     settings, root = _load_settings(args)
@@ -332,7 +332,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.devices:
         engine.device = _device_list(args.devices)[0]
     service = build_service(settings=settings, engines=engines, root=root, listen_host=host,
-                            auth_file=Path(args.auth_file) if args.auth_file else None, preset=preset)
+                            auth_file=Path(args.auth_file) if args.auth_file else None, preset=preset,
+                            scale=ScaleOptions(args.queue, args.ray, args.ray_cpu_workers))
     serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
     return 0
 
@@ -444,6 +445,12 @@ def build_parser(model: type[GenerationTask] = GenerationTask) -> argparse.Argum
                         help="several devices, one worker each, sharing the queue: cuda:0,cuda:1 or all")
     server.add_argument("--vram", choices=("auto", "high", "normal", "low"),
                         default=os.environ.get("FOCI_VRAM", "auto"))
+    server.add_argument("--queue", default=os.environ.get("FOCI_QUEUE"),
+                        help="job queue: postgresql://USER@HOST/DB or a SQLite file (default ./jobs.sqlite3)")
+    server.add_argument("--ray", default=None, metavar="ADDRESS",
+                        help="run the workers on a Ray cluster (auto or HOST:PORT): one per GPU")
+    server.add_argument("--ray-cpu-workers", type=int, default=None, metavar="N",
+                        help="with --ray on a cluster without GPUs: N CPU workers (default one per CPU)")
     meta = sub.add_parser("metadata", help="print the generation metadata embedded in an image")
     meta.add_argument("file")
     dev = sub.add_parser("dev", help="developer tools")

@@ -23,8 +23,8 @@ from foci.apps.webui import build_ui, mount_ui
 from foci.engine.engine import Engine
 from foci.service.auth import DEFAULT_AUTH_FILE, AuthConfig
 from foci.service.events import EventBus
-from foci.service.jobs import JobStore
 from foci.service.pool import WorkerPool
+from foci.service.queue import JobQueue, open_queue
 from foci.service.webhooks import WebhookDispatcher
 from foci.service.worker import Worker
 from foci.settings.config import FociSettings
@@ -47,9 +47,9 @@ class Service:
     """Everything a running server owns; ``close()`` stops the worker before the store."""
 
     app: FastAPI
-    store: JobStore
+    store: JobQueue
     bus: EventBus
-    worker: WorkerPool
+    worker: Any  # WorkerPool, or RayWorkerPool with --ray
     engines: list[Engine]
     webhooks: WebhookDispatcher
 
@@ -64,9 +64,38 @@ class Service:
         self.store.close()
 
 
+@dataclass(frozen=True)
+class ScaleOptions:
+    """``--queue``/``--ray``: where the queue lives and whether the workers run on a Ray cluster."""
+
+    queue: str | None = None  # postgresql://… or a SQLite file (default <root>/jobs.sqlite3)
+    ray_address: str | None = None  # None: in-process workers (the embedded default); "auto" or HOST:PORT
+    ray_cpu_workers: int | None = None  # CPU worker actors on a cluster without GPUs (default: one per CPU)
+
+
+class EngineCopy:
+    """What a Ray actor builds its engine from: the configured engine's settings (folders, output folder,
+    device, precision, VRAM policy, catalogue, download mirrors), picklable — an engine itself is not."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.fields = {name: getattr(engine, name) for name in (
+            "models_dir", "output_dir", "device", "precision", "folders", "styles_dirs", "wildcards_dirs",
+            "catalogue", "vram", "cache_budget_bytes", "accept_paths")}
+        downloader = engine.downloader
+        self.download = None if downloader is None else {"offline": downloader.offline,
+                                                         "mirrors": dict(downloader.mirrors)}
+
+    def __call__(self) -> Engine:
+        from foci.files.downloads import Downloader
+
+        downloader = Downloader(**self.download) if self.download is not None else None
+        return Engine(downloader=downloader, **self.fields)
+
+
 def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Path, listen_host: str = "127.0.0.1",
                   auth_file: Path | None = None, jobs_file: Path | None = None,
-                  ui_defaults: Mapping[str, Any] | None = None, preset: str | None = "default") -> Service:
+                  ui_defaults: Mapping[str, Any] | None = None, preset: str | None = "default",
+                  scale: ScaleOptions | None = None) -> Service:
     """Wire store, workers (one per engine, i.e. per device), API and UI together (workers not started yet).
 
     Credentials come from ``auth_file`` (default ``<root>/auth.json`` when it exists); listening beyond loopback
@@ -79,14 +108,15 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     if auth_file is None and (root / DEFAULT_AUTH_FILE).is_file():
         auth_file = root / DEFAULT_AUTH_FILE
     auth = AuthConfig.load(auth_file, listen_host=listen_host)
-    store = JobStore(jobs_file or root / JOBS_FILE)
-    recovered = store.recover()
-    if recovered:
-        _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
+    scale = scale or ScaleOptions()
+    store = open_queue(scale.queue or jobs_file or root / JOBS_FILE)
     bus = EventBus()
     webhooks = WebhookDispatcher(allow=settings.webhook_allow)
-    worker = WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
-                         for index, engine in enumerate(engines)])
+    try:
+        worker = _workers(store, engines, bus, webhooks, scale)
+    except Exception:
+        store.close()
+        raise
     engine = engines[0]  # folders, output dir and models list are the same for every device
     app = create_app(store=store, worker=worker, bus=bus, engine=engine, settings=settings, auth=auth,
                      output_dir=engine.output_dir, root=root)
@@ -96,6 +126,30 @@ def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Pa
     if auth.enabled:
         app.add_middleware(CredentialGuard, auth=auth)
     return Service(app, store, bus, worker, list(engines), webhooks)
+
+
+def _workers(store: JobQueue, engines: Sequence[Engine], bus: EventBus, webhooks: WebhookDispatcher,
+             scale: ScaleOptions) -> Any:
+    """In-process workers (one per engine), or Ray actors with ``--ray`` (the API process then only admits and
+    streams). Jobs a crash left running are re-queued: all of them in-process; with Ray only those whose lease
+    ran out (a live worker elsewhere may still hold the others)."""
+    if scale.ray_address is None:
+        recovered = store.recover()
+        if recovered:
+            _log.warning("re-queued %d job(s) interrupted by the last shutdown", len(recovered))
+        return WorkerPool([Worker(store, engine, bus, webhook=webhooks, name=f"foci-worker-{index}")
+                           for index, engine in enumerate(engines)])
+    from foci.service.ray_pool import RayWorkerPool
+
+    if scale.queue is None:
+        _log.warning("--ray without --queue postgresql://…: the SQLite queue only works when every worker runs "
+                     "on this machine")
+    queue = scale.queue or str(store.path)  # type: ignore[attr-defined]
+    recovered = store.requeue_expired(include_unleased=True)
+    if recovered:
+        _log.warning("re-queued %d job(s) whose worker is gone", len(recovered))
+    return RayWorkerPool.launch(queue=queue, engine_factory=EngineCopy(engines[0]), bus=bus, store=store,
+                                address=scale.ray_address, cpu_workers=scale.ray_cpu_workers, webhook=webhooks)
 
 
 class CredentialGuard:

@@ -1,4 +1,5 @@
-"""The job queue: a SQLite store of generation jobs that survives restarts and crashes.
+"""The job queue: a store of generation jobs that survives restarts and crashes — SQLite here (the embedded
+default), PostgreSQL in :mod:`foci.service.postgres`; both share this module's logic (:class:`SqlJobStore`).
 
 Every job moves ``queued → running → done | failed | cancelled`` (``queued → cancelled`` directly when cancelled
 before it starts) and ends exactly once. The queue order is ``priority`` (higher first), then ``position`` (a real
@@ -12,6 +13,11 @@ column, smaller first: FIFO for plain submissions, changed by :meth:`JobStore.mo
 
 One connection per store (``check_same_thread=False``) guarded by a lock; WAL journal and a busy timeout, so several
 processes may share one file (each claim is one ``BEGIN IMMEDIATE`` transaction).
+
+Workers on other processes or machines claim with a *lease* (``claim_next(worker=ID, lease_seconds=S)``) that they
+renew with :meth:`SqlJobStore.heartbeat`; a job whose lease ran out (its worker died) goes back to the queue exactly
+once, at the next claim by any worker, and the dead worker can no longer complete it. Without a lease (the embedded
+worker) a crash is repaired by :meth:`SqlJobStore.recover` at the next start, as before.
 """
 
 from __future__ import annotations
@@ -25,15 +31,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field, ValidationError
+from typing_extensions import Self
 
 from foci.task import GenerationTask, check_text, encodable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_MAX_ATTEMPTS = 3
+WORKER_MAX_AGE = 15.0  # seconds without a report after which a worker counts as gone
 MAX_LIST_LIMIT = 10_000
 _BUSY_TIMEOUT_MS = 10_000
 _MIN_GAP = 1e-9  # below this gap between two positions the queue is renumbered
@@ -101,6 +109,7 @@ class Job(BaseModel):
     attempts: int = 0
     skipped_images: int = 0
     cancel_requested: bool = False
+    worker: str | None = Field(None, description="the worker that runs (or last ran) the job")
     unreadable: bool = Field(False, description="the stored job could not be read; it is reported as failed")
 
 
@@ -113,32 +122,40 @@ class UnknownJobError(JobError):
 
 
 _COLUMNS = ("id", "task", "state", "priority", "position", "created_at", "started_at", "finished_at", "error",
-            "images", "progress", "webhook_url", "attempts", "skipped_images", "cancel_requested")
+            "images", "progress", "webhook_url", "attempts", "skipped_images", "cancel_requested", "worker",
+            "lease_until")
 _SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
 _QUEUE_ORDER = "priority DESC, position ASC, created_at ASC, rowid ASC"
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS jobs (
-    id TEXT PRIMARY KEY,
-    task TEXT NOT NULL,
-    state TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    position REAL NOT NULL,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    error TEXT,
-    images TEXT NOT NULL DEFAULT '[]',
-    progress TEXT,
-    webhook_url TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    skipped_images INTEGER NOT NULL DEFAULT 0,
-    cancel_requested INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, position);
-CREATE INDEX IF NOT EXISTS jobs_position ON jobs (position);
-CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
-CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
-"""
+# Versioned migrations: MIGRATIONS[v] takes a version v-1 database to version v (types written for SQLite; the
+# PostgreSQL store translates them). A database newer than SCHEMA_VERSION is refused.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: ("""CREATE TABLE IF NOT EXISTS jobs (
+            id TEXT PRIMARY KEY,
+            task TEXT NOT NULL,
+            state TEXT NOT NULL,
+            priority INTEGER NOT NULL DEFAULT 0,
+            position REAL NOT NULL,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL,
+            error TEXT,
+            images TEXT NOT NULL DEFAULT '[]',
+            progress TEXT,
+            webhook_url TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            skipped_images INTEGER NOT NULL DEFAULT 0,
+            cancel_requested INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, position)",
+        "CREATE INDEX IF NOT EXISTS jobs_position ON jobs (position)",
+        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)"),
+    2: ("ALTER TABLE jobs ADD COLUMN worker TEXT",
+        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
+        """CREATE TABLE IF NOT EXISTS workers (
+            id TEXT PRIMARY KEY,
+            info TEXT NOT NULL,
+            last_seen REAL NOT NULL)"""),
+}
+
 
 
 def _check_webhook_url(url: str | None) -> str | None:
@@ -168,81 +185,110 @@ def _check_int(name: str, value: object) -> int:
     return value
 
 
-class JobStore:
-    """Jobs in one SQLite file (see the module docstring). Thread-safe; use one store per process and file.
+class WorkerInfo(BaseModel):
+    """What a worker reports about itself (``/v1/health``, ``/metrics`` and model-affinity routing)."""
+
+    id: str
+    name: str
+    node: str = ""
+    state: str = "idle"  # idle, busy or stopped
+    current_job: str | None = None
+    models: list[dict[str, Any]] = Field(default_factory=list, description="model sets it holds (base, refiner, "
+                                         "loras), newest first")
+    jobs_done: int = 0
+    model_loads: int = 0
+    step_seconds_sum: float = 0.0
+    step_count: int = 0
+    queue_wait_seconds_sum: float = 0.0
+    queue_wait_count: int = 0
+    last_seen: float = 0.0
+
+
+class ClaimChooser(Protocol):
+    """Picks which queued job a worker takes (model-affinity routing, :mod:`foci.service.routing`)."""
+
+    def choose(self, candidates: Sequence[Job], peers: Sequence[WorkerInfo], now: float) -> str | None:
+        """The id of one of ``candidates`` (queued jobs in queue order) to claim, or None to take none now."""
+        ...
+
+
+class SqlJobStore:
+    """The queue's logic over a DB-API-like connection, for any SQL dialect the subclasses speak (see the module
+    docstring). Thread-safe: one connection per store, guarded by a lock.
 
     ``progress_flush_interval``: :meth:`set_progress` keeps the newest progress in memory (what :meth:`get` and
-    :meth:`list` return for a running job) and writes it to the file at most this often per job.
+    :meth:`list` return for a running job) and writes it to the database at most this often per job.
     """
 
-    def __init__(self, path: Path, *, progress_flush_interval: float = 1.0) -> None:
-        self.path = Path(path)
+    #: how many queued jobs a claim with a chooser looks at
+    max_candidates = 64
+
+    def __init__(self, *, progress_flush_interval: float = 1.0) -> None:
         self.progress_flush_interval = progress_flush_interval
         self._lock = threading.RLock()
         self._live_progress: dict[str, JobProgress] = {}
         self._progress_written: dict[str, float] = {}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.text_factory = _decode_text
-            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as error:
-            raise JobError(f"cannot open the job database {self.path}: {error}") from None
+        self._conn: Any = None
 
-    # ----------------------------------------------------------------------------------------- plumbing
-    def _migrate(self) -> None:
-        with self._write() as conn:
-            for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
-                conn.execute(statement)
-            row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-            version = row[0]
-            if version is None:
-                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-            elif version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"it was written by a newer Foci (job schema {version}, this one knows {SCHEMA_VERSION})")
+    # ----------------------------------------------------------------------------------------- dialect hooks
+    def _exec(self, conn: Any, sql: str, params: Sequence[object] = ()) -> Any:
+        """Run one statement written with ``?`` placeholders; returns a cursor."""
+        return conn.execute(sql, tuple(params))
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue up."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+    def _write(self, *, serial: bool = False) -> Iterator[Any]:
+        """One write transaction; ``serial``: also exclusive of other serial writers (queue-order changes)."""
+        raise NotImplementedError
+        yield  # pragma: no cover
 
+    def _lock_clause(self) -> str:
+        """What a claim appends to its candidate query to lock the rows it may take."""
+        return ""
+
+    def _schema_version(self, conn: Any) -> int | None:
+        raise NotImplementedError
+
+    def _migration_sql(self, statement: str) -> str:
+        return statement
+
+    def _migrate(self) -> None:
+        with self._write(serial=True) as conn:
+            version = self._schema_version(conn) or 0
+            if version > SCHEMA_VERSION:
+                raise JobError(f"the job database was written by a newer Foci (job schema {version}, this one "
+                               f"knows {SCHEMA_VERSION})")
+            for target in range(version + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[target]:
+                    self._exec(conn, self._migration_sql(statement))
+            if version == 0:
+                self._exec(conn, "INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+            elif version < SCHEMA_VERSION:
+                self._exec(conn, "UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    # ----------------------------------------------------------------------------------------- plumbing
     def close(self) -> None:
         """Close the database connection (the store cannot be used afterwards)."""
         with self._lock:
             self._flush_all_progress()
             self._conn.close()
 
-    def __enter__(self) -> JobStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
 
-    def _row(self, conn: sqlite3.Connection, job_id: str) -> dict[str, Any]:
+    def _row(self, conn: Any, job_id: str) -> dict[str, Any]:
         if not isinstance(job_id, str):
             raise UnknownJobError(f"job id must be a string, got {job_id!r}")
         try:
             check_text(job_id)
         except ValueError:
             raise UnknownJobError(f"no job with id {encodable(job_id)!r}") from None
-        row = conn.execute(f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
+        row = self._exec(conn, f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(f"no job with id {job_id!r}")
         return dict(zip(_COLUMNS, row, strict=True))
-
     def _to_job(self, row: dict[str, Any]) -> Job:
         """The job a row holds; a row this Foci cannot decode becomes a failed job marked ``unreadable``."""
         try:
@@ -265,7 +311,8 @@ class JobStore:
                    created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
                    error=row["error"], images=[JobImage.model_validate(i) for i in json.loads(row["images"])],
                    progress=progress, webhook_url=row["webhook_url"], attempts=row["attempts"],
-                   skipped_images=row["skipped_images"], cancel_requested=bool(row["cancel_requested"]))
+                   skipped_images=row["skipped_images"], cancel_requested=bool(row["cancel_requested"]),
+                   worker=row["worker"])
 
     @staticmethod
     def _unreadable(row: dict[str, Any], error: Exception) -> Job:
@@ -278,23 +325,31 @@ class JobStore:
                    finished_at=_float_or(row.get("finished_at"), _float_or(row.get("created_at"), 0.0)),
                    error=f"job {job_id} holds data this Foci cannot read: {first}")
 
-    def _get(self, conn: sqlite3.Connection, job_id: str) -> Job:
+    def _get(self, conn: Any, job_id: str) -> Job:
         return self._to_job(self._row(conn, job_id))
 
-    def _forget_progress(self, conn: sqlite3.Connection, job_id: str) -> None:
+    def _forget_progress(self, conn: Any, job_id: str) -> None:
         """Write a job's newest in-memory progress (it is ending) and drop the memory copy."""
         progress = self._live_progress.pop(job_id, None)
         self._progress_written.pop(job_id, None)
         if progress is not None:
-            conn.execute("UPDATE jobs SET progress = ? WHERE id = ?", (progress.model_dump_json(), job_id))
+            self._exec(conn, "UPDATE jobs SET progress = ? WHERE id = ?", (progress.model_dump_json(), job_id))
 
     def _flush_all_progress(self) -> None:
         if not self._live_progress:
             return
         with self._write() as conn:
             for job_id, progress in self._live_progress.items():
-                conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND state = ?",
+                self._exec(conn, "UPDATE jobs SET progress = ? WHERE id = ? AND state = ?",
                              (progress.model_dump_json(), job_id, JobState.RUNNING.value))
+
+    @staticmethod
+    @staticmethod
+    def _require_holder(row: dict[str, Any], worker: str | None, action: str) -> None:
+        """With a worker given, the job must still be that worker's (running under its claim)."""
+        if worker is not None and not (row["state"] == JobState.RUNNING.value and row["worker"] == worker):
+            raise JobError(f"cannot {action} job {row['id']}: worker {worker} no longer holds it (its lease ran "
+                           f"out; the job is {row['state']})")
 
     @staticmethod
     def _require(job: dict[str, Any], *states: JobState, action: str) -> None:
@@ -310,9 +365,9 @@ class JobStore:
         priority = _check_int("priority", priority)
         webhook_url = _check_webhook_url(webhook_url)
         job_id = uuid.uuid4().hex
-        with self._write() as conn:
-            (last,) = conn.execute("SELECT MAX(position) FROM jobs").fetchone()
-            conn.execute(
+        with self._write(serial=True) as conn:
+            (last,) = self._exec(conn, "SELECT MAX(position) FROM jobs").fetchone()
+            self._exec(conn,
                 "INSERT INTO jobs (id, task, state, priority, position, created_at, webhook_url) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (job_id, _task_json(task), JobState.QUEUED.value, priority,
@@ -335,7 +390,7 @@ class JobStore:
                  "CASE state WHEN 'queued' THEN -priority ELSE 0 END, "
                  "CASE state WHEN 'queued' THEN position ELSE 0 END, created_at DESC, rowid DESC")
         with self._lock:
-            rows = self._conn.execute(f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?",
+            rows = self._exec(self._conn, f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?",
                                       (*params, limit, offset)).fetchall()
             return [self._to_job(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
@@ -343,7 +398,7 @@ class JobStore:
         """How many jobs are in the given states (all jobs without ``states``)."""
         where, params = self._state_filter(states)
         with self._lock:
-            return self._conn.execute(f"SELECT COUNT(*) FROM jobs{where}", params).fetchone()[0]
+            return self._exec(self._conn, f"SELECT COUNT(*) FROM jobs{where}", params).fetchone()[0]
 
     def queue_position(self, job_id: str) -> int | None:
         """0 for the job that runs next, 1 for the one after …; None when the job is not queued."""
@@ -351,7 +406,7 @@ class JobStore:
             row = self._row(self._conn, job_id)
             if row["state"] != JobState.QUEUED.value:
                 return None
-            (ahead,) = self._conn.execute(
+            (ahead,) = self._exec(self._conn,
                 "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND (priority > ? OR (priority = ? AND "
                 "(position < ? OR (position = ? AND (created_at < ? OR (created_at = ? AND id < ?))))))",
                 (row["priority"], row["priority"], row["position"], row["position"], row["created_at"],
@@ -367,70 +422,145 @@ class JobStore:
         except ValueError as error:
             raise JobError(f"{error}; states are {', '.join(s.value for s in JobState)}") from None
         if not values:
-            return " WHERE 0", ()
+            return " WHERE 1 = 0", ()
         return f" WHERE state IN ({', '.join('?' * len(values))})", values
 
     # ----------------------------------------------------------------------------------------- the worker's side
-    def claim_next(self) -> Job | None:
+    def claim_next(self, *, worker: str | None = None, lease_seconds: float | None = None,
+                   chooser: ClaimChooser | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Job | None:
         """Atomically take the first queued job (queued → running, ``attempts`` + 1); None when none waits.
-        A queued job this Foci cannot read is marked failed on the way (it is never handed to a worker)."""
+        A queued job this Foci cannot read is marked failed on the way (it is never handed to a worker).
+
+        ``worker`` records who runs it; ``lease_seconds`` makes the claim a lease that :meth:`heartbeat` renews
+        (jobs whose lease ran out are re-queued first, see :meth:`requeue_expired`); ``chooser`` picks among the
+        first queued jobs instead of taking the first (model affinity) and may take none.
+        """
         with self._write() as conn:
+            now = time.time()
+            self._requeue(conn, "lease_until < ?", (now,), max_attempts, now)
             while True:
-                row = conn.execute(f"SELECT id FROM jobs WHERE state = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT 1"
-                                   ).fetchone()
-                if row is None:
+                job_id = self._pick(conn, chooser, now)
+                if job_id is None:
                     return None
-                queued = self._to_job(self._row(conn, row[0]))
+                queued = self._to_job(self._row(conn, job_id))
                 if not queued.unreadable:
                     break
-                conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                             (time.time(), queued.error, row[0]))
-            conn.execute("UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, error = NULL, "
-                         "progress = NULL, attempts = attempts + 1, cancel_requested = 0 WHERE id = ?",
-                         (time.time(), row[0]))
-            return self._get(conn, row[0])
+                self._exec(conn, "UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
+                           (time.time(), queued.error, job_id))
+            lease_until = now + lease_seconds if lease_seconds is not None else None
+            self._exec(conn, "UPDATE jobs SET state = 'running', started_at = ?, finished_at = NULL, error = NULL, "
+                       "progress = NULL, attempts = attempts + 1, cancel_requested = 0, worker = ?, lease_until = ? "
+                       "WHERE id = ?", (time.time(), worker, lease_until, job_id))
+            return self._get(conn, job_id)
 
-    def complete(self, job_id: str, images: list[JobImage], *, skipped_images: int = 0) -> Job:
+    def _pick(self, conn: Any, chooser: ClaimChooser | None, now: float) -> str | None:
+        limit = 1 if chooser is None else self.max_candidates
+        rows = self._exec(conn, f"{_SELECT} WHERE state = 'queued' ORDER BY {_QUEUE_ORDER} LIMIT ?"
+                          f"{self._lock_clause()}", (limit,)).fetchall()
+        if not rows:
+            return None
+        candidates = [self._to_job(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+        unreadable = next((job.id for job in candidates if job.unreadable), None)
+        if chooser is None or unreadable is not None:
+            return unreadable or candidates[0].id
+        chosen = chooser.choose(candidates, self._live_workers(conn, now), now)
+        if chosen is not None and chosen not in {job.id for job in candidates}:
+            raise JobError(f"the chooser picked {chosen!r}, which is not one of the queued candidates")
+        return chosen
+
+    def heartbeat(self, job_id: str, worker: str, lease_seconds: float) -> bool:
+        """Renew ``worker``'s lease on a running job; False when it no longer holds it (the lease ran out and the
+        job was re-queued, or the job ended) — the worker should then abandon it."""
+        with self._write() as conn:
+            cursor = self._exec(conn, "UPDATE jobs SET lease_until = ? WHERE id = ? AND worker = ? AND "
+                                "state = 'running'", (time.time() + lease_seconds, job_id, worker))
+            return cursor.rowcount == 1
+
+    def holds(self, job_id: str, worker: str) -> bool:
+        """True while ``worker`` runs ``job_id`` (its claim has not been taken away)."""
+        with self._lock:
+            row = self._exec(self._conn, "SELECT state, worker FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return row is not None and row[0] == JobState.RUNNING.value and row[1] == worker
+
+    def requeue_expired(self, *, include_unleased: bool = False,
+                        max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]:
+        """Running jobs whose lease ran out (their worker died) go back to the queue at their old place, once
+        (ids returned); with ``include_unleased`` also running jobs claimed without a lease (an embedded worker
+        that died). Like :meth:`recover`, a pending cancel ends the job cancelled and ``max_attempts`` ends it
+        failed. Every claim does this first, so a dead worker's job is re-run by the next worker that looks."""
+        with self._write() as conn:
+            now = time.time()
+            where = "(lease_until < ? OR lease_until IS NULL)" if include_unleased else "lease_until < ?"
+            return self._requeue(conn, where, (now,), max_attempts, now)
+
+    def _requeue(self, conn: Any, where: str, params: Sequence[object], max_attempts: int, now: float) -> list[str]:
+        """Re-queue (or end) the running jobs matching ``where``; returns the re-queued ids in queue order."""
+        rows = self._exec(conn, f"SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running' AND "
+                          f"{where} ORDER BY {_QUEUE_ORDER}{self._lock_clause()}", params).fetchall()
+        requeued: list[str] = []
+        for job_id, attempts, cancel in rows:
+            self._live_progress.pop(job_id, None)
+            self._progress_written.pop(job_id, None)
+            if cancel:
+                self._exec(conn, "UPDATE jobs SET state = 'cancelled', finished_at = ?, lease_until = NULL "
+                           "WHERE id = ?", (now, job_id))
+            elif attempts >= max_attempts:
+                self._exec(conn, "UPDATE jobs SET state = 'failed', finished_at = ?, error = ?, lease_until = NULL "
+                           "WHERE id = ?", (now, f"the process stopped while running this job {attempts} times; "
+                                            "giving up", job_id))
+            else:
+                self._exec(conn, "UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL, "
+                           "lease_until = NULL WHERE id = ?", (job_id,))
+                requeued.append(job_id)
+        return requeued
+
+    def complete(self, job_id: str, images: list[JobImage], *, skipped_images: int = 0,
+                 worker: str | None = None) -> Job:
         """A running job finished: done, or cancelled when a cancel was requested meanwhile (the images it made
-        are kept either way). A job that is already cancelled stays as it is."""
+        are kept either way). A job that is already cancelled stays as it is. With ``worker``, only that worker's
+        claim may complete it (a worker whose lease ran out gets a :class:`JobError`)."""
         images = [image if isinstance(image, JobImage) else JobImage.model_validate(image) for image in images]
         skipped_images = _check_int("skipped_images", skipped_images)
-        return self._finish(job_id, JobState.DONE, "complete",
+        return self._finish(job_id, JobState.DONE, "complete", worker,
                             images=json.dumps([i.model_dump(mode="json") for i in images]),
                             skipped_images=skipped_images)
 
-    def fail(self, job_id: str, error: str) -> Job:
+    def fail(self, job_id: str, error: str, *, worker: str | None = None) -> Job:
         """A running job raised: failed with ``error`` (cancelled when a cancel was requested meanwhile)."""
         message = encodable(" ".join(str(error).split())) or "unknown error"
-        return self._finish(job_id, JobState.FAILED, "fail", error=message)
+        return self._finish(job_id, JobState.FAILED, "fail", worker, error=message)
 
-    def _finish(self, job_id: str, state: JobState, action: str, **columns: object) -> Job:
+    def _finish(self, job_id: str, state: JobState, action: str, worker: str | None, **columns: object) -> Job:
         """End a running job in ``state`` (cancelled instead when a cancel was requested), setting ``columns``."""
         with self._write() as conn:
             row = self._row(conn, job_id)
+            self._require_holder(row, worker, action)
             if row["state"] == JobState.CANCELLED.value:
                 return self._to_job(row)
             self._require(row, JobState.RUNNING, action=action)
             final = JobState.CANCELLED if row["cancel_requested"] else state
             self._forget_progress(conn, job_id)
             assignments = "".join(f", {name} = ?" for name in columns)  # names are this class's own literals
-            conn.execute(f"UPDATE jobs SET state = ?, finished_at = ?{assignments} WHERE id = ?",
+            self._exec(conn, f"UPDATE jobs SET state = ?, finished_at = ?, lease_until = NULL{assignments} "
+                       "WHERE id = ?",
                          (final.value, time.time(), *columns.values(), job_id))
             return self._get(conn, job_id)
 
-    def release(self, job_id: str) -> Job:
+    def release(self, job_id: str, *, worker: str | None = None) -> Job:
         """Give a running job back to the queue (its worker is shutting down): it keeps its place and this run
         does not count as an attempt. A job whose cancel was requested is cancelled instead."""
         with self._write() as conn:
             row = self._row(conn, job_id)
+            self._require_holder(row, worker, "release")
             self._require(row, JobState.RUNNING, action="release")
             self._forget_progress(conn, job_id)
             if row["cancel_requested"]:
-                conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?",
-                             (time.time(), job_id))
+                self._exec(conn, "UPDATE jobs SET state = 'cancelled', finished_at = ?, lease_until = NULL "
+                           "WHERE id = ?", (time.time(), job_id))
             else:
-                conn.execute("UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL, "
-                             "attempts = MAX(attempts - 1, 0) WHERE id = ?", (job_id,))
+                self._exec(conn, "UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL, "
+                           "lease_until = NULL, attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END "
+                           "WHERE id = ?", (job_id,))
             return self._get(conn, job_id)
 
     def cancel(self, job_id: str) -> Job:
@@ -440,10 +570,10 @@ class JobStore:
             row = self._row(conn, job_id)
             state = row["state"]
             if state == JobState.QUEUED.value:
-                conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 "
+                self._exec(conn, "UPDATE jobs SET state = 'cancelled', finished_at = ?, cancel_requested = 1 "
                              "WHERE id = ?", (time.time(), job_id))
             elif state == JobState.RUNNING.value:
-                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+                self._exec(conn, "UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
             elif state != JobState.CANCELLED.value:
                 raise JobError(f"cannot cancel job {job_id}: it is already {state}")
             return self._get(conn, job_id)
@@ -451,7 +581,7 @@ class JobStore:
     def cancel_requested(self, job_id: str) -> bool:
         """True when the job was cancelled or a cancel of the running job is pending."""
         with self._lock:
-            row = self._conn.execute("SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            row = self._exec(self._conn, "SELECT state, cancel_requested FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(f"no job with id {job_id!r}")
         return row[0] == JobState.CANCELLED.value or bool(row[1])
@@ -465,7 +595,7 @@ class JobStore:
             if now - self._progress_written.get(job_id, -1e18) < self.progress_flush_interval:
                 return
             self._progress_written[job_id] = now
-            cursor = self._conn.execute("UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
+            cursor = self._exec(self._conn, "UPDATE jobs SET progress = ? WHERE id = ? AND state = 'running'",
                                         (progress.model_dump_json(), job_id))
             if cursor.rowcount == 0:
                 self._live_progress.pop(job_id, None)
@@ -475,25 +605,8 @@ class JobStore:
         """At start-up, before any worker runs: jobs left ``running`` by a crash go back to the queue at their old
         place (ids returned). One whose cancel was pending ends cancelled; one that was already tried
         ``max_attempts`` times ends failed, so a job that kills the process cannot loop forever."""
-        requeued: list[str] = []
         with self._write() as conn:
-            rows = conn.execute(f"SELECT id, attempts, cancel_requested FROM jobs WHERE state = 'running' "
-                                f"ORDER BY {_QUEUE_ORDER}").fetchall()
-            now = time.time()
-            for job_id, attempts, cancel in rows:
-                self._live_progress.pop(job_id, None)
-                self._progress_written.pop(job_id, None)
-                if cancel:
-                    conn.execute("UPDATE jobs SET state = 'cancelled', finished_at = ? WHERE id = ?", (now, job_id))
-                elif attempts >= max_attempts:
-                    conn.execute("UPDATE jobs SET state = 'failed', finished_at = ?, error = ? WHERE id = ?",
-                                 (now, f"the process stopped while running this job {attempts} times; giving up",
-                                  job_id))
-                else:
-                    conn.execute("UPDATE jobs SET state = 'queued', started_at = NULL, progress = NULL "
-                                 "WHERE id = ?", (job_id,))
-                    requeued.append(job_id)
-        return requeued
+            return self._requeue(conn, "1 = 1", (), max_attempts, time.time())
 
     # ----------------------------------------------------------------------------------------- editing the queue
     def update_task(self, job_id: str, task: GenerationTask) -> Job:
@@ -502,7 +615,7 @@ class JobStore:
             raise JobError(f"task must be a GenerationTask, got {type(task).__name__}")
         with self._write() as conn:
             self._require(self._row(conn, job_id), JobState.QUEUED, action="edit")
-            conn.execute("UPDATE jobs SET task = ? WHERE id = ?",
+            self._exec(conn, "UPDATE jobs SET task = ? WHERE id = ?",
                          (_task_json(task), job_id))
             return self._get(conn, job_id)
 
@@ -511,7 +624,7 @@ class JobStore:
         priority = _check_int("priority", priority)
         with self._write() as conn:
             self._require(self._row(conn, job_id), JobState.QUEUED, action="reprioritise")
-            conn.execute("UPDATE jobs SET priority = ? WHERE id = ?", (priority, job_id))
+            self._exec(conn, "UPDATE jobs SET priority = ? WHERE id = ?", (priority, job_id))
             return self._get(conn, job_id)
 
     def move(self, job_id: str, *, before: str | None = None, to_front: bool = False, to_back: bool = False) -> Job:
@@ -522,7 +635,7 @@ class JobStore:
         """
         if (before is not None) + bool(to_front) + bool(to_back) != 1:
             raise JobError("move needs exactly one of before=<job id>, to_front=True, to_back=True")
-        with self._write() as conn:
+        with self._write(serial=True) as conn:
             row = self._row(conn, job_id)
             self._require(row, JobState.QUEUED, action="move")
             if before is not None:
@@ -536,14 +649,14 @@ class JobStore:
                 priority, position = self._edge(conn, row, front=True)
             else:
                 priority, position = self._edge(conn, row, front=False)
-            conn.execute("UPDATE jobs SET priority = ?, position = ? WHERE id = ?", (priority, position, job_id))
+            self._exec(conn, "UPDATE jobs SET priority = ?, position = ? WHERE id = ?", (priority, position, job_id))
             return self._get(conn, job_id)
 
-    def _position_before(self, conn: sqlite3.Connection, job_id: str, target: dict[str, Any]) -> float:
+    def _position_before(self, conn: Any, job_id: str, target: dict[str, Any]) -> float:
         """A position between ``target`` and the queued job ahead of it (same priority), renumbering when the
         floating-point gap has run out."""
         for _ in range(2):
-            ahead = conn.execute(
+            ahead = self._exec(conn,
                 "SELECT position FROM jobs WHERE state = 'queued' AND priority = ? AND position < ? AND id != ? "
                 "ORDER BY position DESC LIMIT 1", (target["priority"], target["position"], job_id)).fetchone()
             if ahead is None:
@@ -555,27 +668,25 @@ class JobStore:
             target = self._row(conn, target["id"])
         raise JobError("could not find a queue position; the queue is inconsistent")  # pragma: no cover
 
-    @staticmethod
-    def _renumber(conn: sqlite3.Connection, priority: int) -> None:
+    def _renumber(self, conn: Any, priority: int) -> None:
         """Spread the queued jobs of one priority to whole-number positions, keeping their order."""
-        rows = conn.execute("SELECT id, position FROM jobs WHERE state = 'queued' AND priority = ? "
+        rows = self._exec(conn, "SELECT id, position FROM jobs WHERE state = 'queued' AND priority = ? "
                             f"ORDER BY {_QUEUE_ORDER}", (priority,)).fetchall()
         if not rows:
             return
         start = float(int(rows[0][1]) - 1)
         for offset, (job_id, _) in enumerate(rows):
-            conn.execute("UPDATE jobs SET position = ? WHERE id = ?", (start + offset, job_id))
+            self._exec(conn, "UPDATE jobs SET position = ? WHERE id = ?", (start + offset, job_id))
 
-    @staticmethod
-    def _edge(conn: sqlite3.Connection, row: dict[str, Any], *, front: bool) -> tuple[int, float]:
+    def _edge(self, conn: Any, row: dict[str, Any], *, front: bool) -> tuple[int, float]:
         pick = "MAX" if front else "MIN"
-        (extreme,) = conn.execute(f"SELECT {pick}(priority) FROM jobs WHERE state = 'queued' AND id != ?",
+        (extreme,) = self._exec(conn, f"SELECT {pick}(priority) FROM jobs WHERE state = 'queued' AND id != ?",
                                   (row["id"],)).fetchone()
         if extreme is None:
             return row["priority"], row["position"]
         priority = max(extreme, row["priority"]) if front else min(extreme, row["priority"])
         end = "MIN" if front else "MAX"
-        (edge,) = conn.execute(f"SELECT {end}(position) FROM jobs WHERE state = 'queued' AND priority = ? "
+        (edge,) = self._exec(conn, f"SELECT {end}(position) FROM jobs WHERE state = 'queued' AND priority = ? "
                                "AND id != ?", (priority, row["id"])).fetchone()
         if edge is None:
             return priority, row["position"]
@@ -587,4 +698,86 @@ class JobStore:
             row = self._row(conn, job_id)
             if self._to_job(row).state not in FINAL_STATES:
                 raise JobError(f"cannot delete job {job_id}: it is {row['state']}; cancel it first")
-            conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            self._exec(conn, "DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    # ----------------------------------------------------------------------------------------- workers
+    def report_worker(self, info: WorkerInfo) -> None:
+        """Record what a worker holds and does (it calls this at start, after each claim and from its heartbeat)."""
+        info = info.model_copy(update={"last_seen": time.time()})
+        with self._write() as conn:
+            self._exec(conn, "INSERT INTO workers (id, info, last_seen) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE "
+                       "SET info = excluded.info, last_seen = excluded.last_seen",
+                       (info.id, info.model_dump_json(), info.last_seen))
+
+    def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+        with self._write() as conn:
+            self._exec(conn, "DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def workers(self, *, max_age: float = WORKER_MAX_AGE) -> list[WorkerInfo]:
+        """Workers heard from within ``max_age`` seconds, by name."""
+        with self._lock:
+            return self._live_workers(self._conn, time.time(), max_age)
+
+    def _live_workers(self, conn: Any, now: float, max_age: float = WORKER_MAX_AGE) -> list[WorkerInfo]:
+        rows = self._exec(conn, "SELECT info FROM workers WHERE last_seen >= ? ORDER BY id",
+                          (now - max_age,)).fetchall()
+        workers = []
+        for (info,) in rows:
+            try:
+                workers.append(WorkerInfo.model_validate_json(info))
+            except ValidationError:
+                continue  # a row from another Foci version: not a peer this one can route with
+        return sorted(workers, key=lambda worker: (worker.name, worker.id))
+
+
+class JobStore(SqlJobStore):
+    """Jobs in one SQLite file (see the module docstring): the embedded default. Use one store per process and
+    file; several processes may share the file."""
+
+    def __init__(self, path: Path, *, progress_flush_interval: float = 1.0) -> None:
+        super().__init__(progress_flush_interval=progress_flush_interval)
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                                         check_same_thread=False)
+            self._conn.text_factory = _decode_text
+            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+            self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as error:
+            self._conn.close()
+            raise JobError(f"cannot open the job database {self.path}: {error}") from None
+        except JobError as error:
+            self._conn.close()
+            raise JobError(f"cannot open the job database {self.path}: {error}") from None
+
+    def __repr__(self) -> str:
+        return f"JobStore({str(self.path)!r})"
+
+    @contextmanager
+    def _write(self, *, serial: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue up."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+
+    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+
+    def _migration_sql(self, statement: str) -> str:
+        if statement.startswith("ALTER TABLE jobs ADD COLUMN"):  # SQLite has no ADD COLUMN IF NOT EXISTS
+            column = statement.split()[5]
+            existing = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)").fetchall()}
+            if column in existing:
+                return "SELECT 1"
+        return statement

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from foci.service.jobs import WorkerInfo
 from foci.service.worker import Worker
 
 
@@ -26,6 +27,10 @@ class WorkerPool:
     def current_job_ids(self) -> list[str]:
         """Ids of the jobs running now, one per busy worker."""
         return [job_id for worker in self.workers if (job_id := worker.current_job_id) is not None]
+
+    def workers_info(self) -> list[WorkerInfo]:
+        """What each worker holds and does (``/v1/health``, ``/metrics``)."""
+        return [worker.info() for worker in self.workers]
 
     def start(self) -> None:
         for worker in self.workers:

@@ -7,6 +7,12 @@
     ...
     worker.stop()                                     # a job still running goes back to the queue
 
+With ``lease_seconds`` (workers on other processes or machines, e.g. Ray actors) each claim is a lease the worker
+renews from a heartbeat thread, which also reports the worker (state, models held, counters) to the store; a job
+whose lease was lost (this worker was presumed dead and the job re-queued) is abandoned, never completed twice.
+With ``affinity_wait`` the worker picks jobs by model affinity (:mod:`foci.service.routing`), letting a job
+wait at most that many seconds for a worker that holds its models.
+
 For each job it publishes ``started``, then ``progress`` (every step, with an ETA and, at most every
 ``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
 finished image and finally ``done``, ``failed`` or ``cancelled``. The webhook callable, if any, gets the final job.
@@ -16,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -25,11 +33,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from foci.service.events import EventBus, EventKind, JobEvent
-from foci.service.jobs import Job, JobError, JobImage, JobProgress, JobStore, UnknownJobError
+from foci.service.jobs import Job, JobError, JobImage, JobProgress, UnknownJobError, WorkerInfo
+from foci.service.routing import AffinityRouter
 
 if TYPE_CHECKING:
     from foci.engine.engine import ProgressEvent
     from foci.service.previews import PreviewRenderer
+    from foci.service.queue import JobQueue
     from foci.task import GenerationTask
 
 _log = logging.getLogger(__name__)
@@ -63,6 +73,8 @@ class _Run:
     preview_at: float = -math.inf
     cancelled: bool = False
     shutdown: bool = False
+    lost: bool = False  # the lease ran out: another worker may run the job now
+    step_at: float | None = None
 
 
 def one_line_error(error: BaseException) -> str:
@@ -82,12 +94,15 @@ class Worker:
     Several workers (one per device, each with its own engine) may share one store: claiming is atomic.
     """
 
-    def __init__(self, store: JobStore, engine: EngineLike, bus: EventBus, *, poll_interval: float = 0.2,
+    def __init__(self, store: JobQueue, engine: EngineLike, bus: EventBus, *, poll_interval: float = 0.2,
                  webhook: Callable[[Job], None] | None = None, previews: bool = True,
                  progress_interval: float = 0.2, preview_interval: float = 0.5, preview_size: int = 256,
-                 name: str = "foci-worker") -> None:
+                 name: str = "foci-worker", lease_seconds: float | None = None,
+                 affinity_wait: float | None = None, node: str | None = None) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        if lease_seconds is not None and lease_seconds <= 0:
+            raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
         self.store = store
         self.engine = engine
         self.bus = bus
@@ -98,10 +113,18 @@ class Worker:
         self.preview_interval = preview_interval
         self.preview_size = preview_size
         self.name = name
+        self.worker_id = f"{name}-{uuid.uuid4().hex[:8]}"
+        self.lease_seconds = lease_seconds
+        self.node = node if node is not None else socket.gethostname()
+        # what this worker holds; with affinity_wait it also picks the jobs (else: the queue's first)
+        self._held = AffinityRouter(self.worker_id, max_wait=affinity_wait or 0.0)
+        self.router = self._held if affinity_wait is not None else None
+        self._stats = WorkerInfo(id=self.worker_id, name=name, node=self.node)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._beat: threading.Thread | None = None
         self._run: _Run | None = None
         self._preview_failed = False
         self._renderer: PreviewRenderer | None = None  # built at the first preview (imports torch)
@@ -118,6 +141,14 @@ class Worker:
         """True while the worker thread runs."""
         return self._thread is not None and self._thread.is_alive()
 
+    def info(self) -> WorkerInfo:
+        """What this worker holds and does now, with its counters since it started."""
+        with self._lock:
+            run = self._run
+            state = "stopped" if not self.alive else "busy" if run is not None else "idle"
+            return self._stats.model_copy(update={"state": state, "current_job": run.job.id if run else None,
+                                                  "models": [dict(models) for models in self._held.held]})
+
     def start(self) -> None:
         """Start the worker thread (does nothing if it already runs)."""
         with self._lock:
@@ -126,6 +157,10 @@ class Worker:
             self._stopping.clear()
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
+            if self.lease_seconds is not None:
+                self._beat = threading.Thread(target=self._heartbeat_loop, name=f"{self.name}-heartbeat",
+                                              daemon=True)
+                self._beat.start()
 
     def stop(self, timeout: float = 10) -> None:
         """Stop the thread: a running job is interrupted at its next step and goes back to the queue."""
@@ -137,6 +172,13 @@ class Worker:
             if thread.is_alive():
                 _log.warning("worker %s did not stop within %.1f s (a model may still be loading)", self.name,
                              timeout)
+        beat = self._beat
+        if beat is not None and beat is not threading.current_thread():
+            beat.join(timeout)
+            try:
+                self.store.remove_worker(self.worker_id)
+            except Exception:  # noqa: BLE001 - the database may be gone already
+                _log.warning("worker %s could not sign off", self.name, exc_info=True)
 
     def wake(self) -> None:
         """Look for a queued job now instead of at the next poll (call after submitting)."""
@@ -166,15 +208,55 @@ class Worker:
             if job is None:
                 self._wake.wait(self.poll_interval)
 
+    def _heartbeat_loop(self) -> None:
+        """Renew the running job's lease and report this worker, every third of the lease."""
+        interval = self.lease_seconds / 3
+        while not self._stopping.wait(0 if self._stats.last_seen == 0 else interval):
+            self._stats.last_seen = time.time()
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        with self._lock:
+            run = self._run
+        try:
+            if run is not None and not run.lost and not self.store.heartbeat(run.job.id, self.worker_id,
+                                                                             self.lease_seconds):
+                _log.warning("worker %s lost job %s (its lease ran out); abandoning it", self.name, run.job.id)
+                run.lost = True
+            self.store.report_worker(self.info())
+        except Exception:  # noqa: BLE001 - a database hiccup: the next beat tries again
+            _log.warning("worker %s: heartbeat failed", self.name, exc_info=True)
+
     def run_once(self) -> Job | None:
         """Claim the next queued job and run it in this thread; returns the job as it ended (None if none was
         queued). The worker thread calls this in a loop; tests and scripts may call it directly."""
         if self._stopping.is_set():
             return None
-        job = self.store.claim_next()
+        job = self.store.claim_next(worker=self.worker_id, lease_seconds=self.lease_seconds, chooser=self.router)
         if job is None:
             return None
+        loads = self._held.hold(job.task)
+        with self._lock:
+            self._stats.model_loads += int(loads)
+            if job.started_at is not None:
+                self._stats.queue_wait_seconds_sum += max(job.started_at - job.created_at, 0.0)
+                self._stats.queue_wait_count += 1
+        if self.lease_seconds is not None:
+            self._heartbeat_soon(job)
         return self._run_job(job)
+
+    def _heartbeat_soon(self, job: Job) -> None:
+        """Tell the other workers at once which models this one now holds (routing reads it)."""
+        try:
+            info = self.info().model_copy(update={"state": "busy", "current_job": job.id})
+            self.store.report_worker(info)
+        except Exception:  # noqa: BLE001
+            _log.warning("worker %s could not report its claim", self.name, exc_info=True)
+
+    @property
+    def _owner(self) -> str | None:
+        """The worker id the store checks on completion (leased claims only)."""
+        return self.worker_id if self.lease_seconds is not None else None
 
     def _run_job(self, job: Job) -> Job:
         run = _Run(job)
@@ -186,17 +268,29 @@ class Worker:
                 results = self.engine.generate(job.task, on_progress=partial(self._on_progress, run),
                                                interrupt=partial(self._interrupt, run), save=True)
             except Exception as error:  # noqa: BLE001 - any failure of a task ends that job, never the worker
+                if run.lost:
+                    return self._abandon(job)
                 if run.shutdown and not run.cancelled:
                     return self._release(job)
                 _log.warning("job %s failed: %s", job.id, error, exc_info=_log.isEnabledFor(logging.DEBUG))
-                final = self.store.fail(job.id, one_line_error(error))
+                message = one_line_error(error)
+                final = self._end(job, lambda: self.store.fail(job.id, message, worker=self._owner))
             else:
+                if run.lost:
+                    return self._abandon(job)
                 if run.shutdown and not run.cancelled:
                     return self._release(job)
                 images = [self._job_image(result) for result in results]
+                final = self._end(job, lambda: self.store.complete(job.id, images, skipped_images=run.skipped,
+                                                                   worker=self._owner))
+                if final is None:
+                    return self._abandon(job)
                 for image in images:
                     self._publish(JobEvent.for_job(job, "image", image=image))
-                final = self.store.complete(job.id, images, skipped_images=run.skipped)
+            if final is None:
+                return self._abandon(job)
+            with self._lock:
+                self._stats.jobs_done += 1
             kind: EventKind = final.state.value  # type: ignore[assignment]  # done, failed or cancelled
             self._publish(JobEvent.for_job(final, kind, progress=final.progress))
             self._notify(final)
@@ -205,8 +299,22 @@ class Worker:
             with self._lock:
                 self._run = None
 
+    def _end(self, job: Job, finish: Callable[[], Job]) -> Job | None:
+        """Record the job's end; None when this worker's lease was taken away meanwhile (nothing recorded)."""
+        try:
+            return finish()
+        except JobError:
+            if self._owner is not None and not self.store.holds(job.id, self.worker_id):
+                return None
+            raise
+
+    def _abandon(self, job: Job) -> Job:
+        """The lease was lost: another worker runs (or will run) the job; this run leaves no trace."""
+        _log.warning("worker %s abandoned job %s: its lease ran out", self.name, job.id)
+        return self.store.get(job.id)
+
     def _release(self, job: Job) -> Job:
-        released = self.store.release(job.id)
+        released = self.store.release(job.id, worker=self._owner)
         kind: EventKind = "queued" if released.state.value == "queued" else "cancelled"
         self._publish(JobEvent.for_job(released, kind))
         if kind == "cancelled":
@@ -243,6 +351,8 @@ class Worker:
         if self._stopping.is_set():
             run.shutdown = True
             return "stop"
+        if run.lost:
+            return "stop"
         try:
             cancelled = self.store.cancel_requested(run.job.id)
         except UnknownJobError:
@@ -275,6 +385,10 @@ class Worker:
         now = time.monotonic()
         new_image = event.image_index != run.image_index
         with self._lock:
+            if not new_image and event.step > run.step and run.step_at is not None:
+                self._stats.step_seconds_sum += (now - run.step_at) / (event.step - run.step)
+                self._stats.step_count += 1
+            run.step_at = now
             run.image_index, run.step, run.total_steps = event.image_index, event.step, event.total_steps
             if event.step >= event.total_steps:
                 run.expect_image_start = True  # the next interrupt() is the check before the next image

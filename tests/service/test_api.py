@@ -459,7 +459,7 @@ def test_info_endpoints(tmp_path: Path, tiny_models_dir: Path) -> None:
         assert "karras" in schedulers["names"] and schedulers["default"] == "karras"
         health = client.get("/v1/health").json()
         assert health == {"status": "ok", "version": health["version"], "worker": "none", "queued": 0,
-                          "running": 0, "auth": False}
+                          "running": 0, "auth": False, "queue_depth": 0, "workers": []}
 
 
 def test_openapi_schema(tmp_path: Path) -> None:

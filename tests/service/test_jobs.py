@@ -1,11 +1,11 @@
-"""The job store (states, order, edits, persistence, recovery), the event bus and latent previews."""
+"""The job store (states, order, edits, persistence, recovery, leases) on both backends (SQLite and PostgreSQL,
+through the ``queue_backend`` fixture), the event bus and latent previews."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -17,16 +17,22 @@ from PIL import Image
 
 from foci.service.events import EventBus, JobEvent
 from foci.service.jobs import (
+    MIGRATIONS,
     Job,
     JobError,
     JobImage,
     JobProgress,
     JobState,
     JobStore,
+    SqlJobStore,
     UnknownJobError,
+    WorkerInfo,
 )
+from foci.service.postgres import PostgresJobStore
 from foci.service.previews import latent_preview, png_base64
+from foci.service.queue import JobQueue, open_queue
 from foci.task import GenerationTask
+from tests.service.conftest import QueueBackend
 
 
 def make_task(**overrides: object) -> GenerationTask:
@@ -37,8 +43,8 @@ def make_task(**overrides: object) -> GenerationTask:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> JobStore:
-    with JobStore(tmp_path / "jobs.sqlite3") as opened:
+def store(queue_backend: QueueBackend) -> SqlJobStore:
+    with queue_backend.open() as opened:
         yield opened
 
 
@@ -52,7 +58,7 @@ def progress(step: int = 1) -> JobProgress:
 
 
 # ----------------------------------------------------------------------------------------- transitions
-def test_submit_claim_complete(store: JobStore) -> None:
+def test_submit_claim_complete(store: SqlJobStore) -> None:
     job = store.submit(make_task(prompt="hello"), webhook_url="http://127.0.0.1:9/hook")
     assert len(job.id) == 32 and int(job.id, 16) >= 0  # uuid4 hex
     assert job.state is JobState.QUEUED and job.attempts == 0 and job.images == []
@@ -76,7 +82,7 @@ def test_submit_claim_complete(store: JobStore) -> None:
         store.cancel(job.id)
 
 
-def test_fail_keeps_a_one_line_error(store: JobStore) -> None:
+def test_fail_keeps_a_one_line_error(store: SqlJobStore) -> None:
     job = store.submit(make_task())
     with pytest.raises(JobError, match="queued"):
         store.fail(job.id, "not running yet")
@@ -88,7 +94,7 @@ def test_fail_keeps_a_one_line_error(store: JobStore) -> None:
     assert failed.error == "model not found look in models/checkpoints"
 
 
-def test_cancel_queued_and_running_jobs(store: JobStore) -> None:
+def test_cancel_queued_and_running_jobs(store: SqlJobStore) -> None:
     queued = store.submit(make_task())
     cancelled = store.cancel(queued.id)
     assert cancelled.state is JobState.CANCELLED and cancelled.finished_at is not None
@@ -111,7 +117,7 @@ def test_cancel_queued_and_running_jobs(store: JobStore) -> None:
     assert store.fail(second.id, "interrupted").state is JobState.CANCELLED
 
 
-def test_unknown_jobs_and_bad_input(store: JobStore) -> None:
+def test_unknown_jobs_and_bad_input(store: SqlJobStore) -> None:
     with pytest.raises(UnknownJobError, match="no job"):
         store.get("nope")
     for action in (store.cancel, store.cancel_requested, store.delete, store.queue_position):
@@ -131,7 +137,7 @@ def test_unknown_jobs_and_bad_input(store: JobStore) -> None:
 
 
 # ----------------------------------------------------------------------------------------- order and edits
-def test_fifo_with_priorities(store: JobStore) -> None:
+def test_fifo_with_priorities(store: SqlJobStore) -> None:
     low = store.submit(make_task(prompt="low"), priority=-1)
     first = store.submit(make_task(prompt="first"))
     urgent = store.submit(make_task(prompt="urgent"), priority=5)
@@ -145,7 +151,7 @@ def test_fifo_with_priorities(store: JobStore) -> None:
     assert store.queue_position(first.id) is None
 
 
-def test_move_and_reorder(store: JobStore) -> None:
+def test_move_and_reorder(store: SqlJobStore) -> None:
     a, b, c, d = (store.submit(make_task(prompt=name)) for name in "abcd")
     vip = store.submit(make_task(prompt="vip"), priority=3)
     store.move(d.id, to_front=True)
@@ -181,7 +187,7 @@ def test_move_and_reorder(store: JobStore) -> None:
         store.move(a.id, before="missing")
 
 
-def test_update_task_and_priority_only_while_queued(store: JobStore) -> None:
+def test_update_task_and_priority_only_while_queued(store: SqlJobStore) -> None:
     job = store.submit(make_task(prompt="old"))
     other = store.submit(make_task(prompt="other"))
     updated = store.update_task(job.id, make_task(prompt="new", seed=9))
@@ -196,7 +202,7 @@ def test_update_task_and_priority_only_while_queued(store: JobStore) -> None:
     assert store.get(other.id).task.prompt == "other"
 
 
-def test_list_order_filters_and_delete(store: JobStore) -> None:
+def test_list_order_filters_and_delete(store: SqlJobStore) -> None:
     jobs = [store.submit(make_task(prompt=f"job {i}")) for i in range(5)]
     time.sleep(0.01)
     store.claim_next()
@@ -219,9 +225,8 @@ def test_list_order_filters_and_delete(store: JobStore) -> None:
 
 
 # ----------------------------------------------------------------------------------------- persistence
-def test_reopened_store_has_the_same_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "jobs.sqlite3"
-    with JobStore(path) as first:
+def test_reopened_store_has_the_same_jobs(queue_backend: QueueBackend) -> None:
+    with queue_backend.open() as first:
         jobs = [first.submit(make_task(prompt=f"p{i}", seed=i), priority=i % 2, webhook_url=None)
                 for i in range(4)]
         running = first.claim_next()
@@ -229,15 +234,14 @@ def test_reopened_store_has_the_same_jobs(tmp_path: Path) -> None:
         first.move(jobs[3].id, to_back=True)
         first.cancel(jobs[2].id)
         before: list[Job] = first.list()
-    with JobStore(path) as second:
+    with queue_backend.open() as second:
         after = second.list()
     assert [job.model_dump() for job in after] == [job.model_dump() for job in before]
     assert after[0].progress == progress(1)  # the newest progress is written when the store closes
 
 
-def test_progress_is_coalesced_but_always_visible(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    with JobStore(path, progress_flush_interval=60.0) as store, JobStore(path) as reader:
+def test_progress_is_coalesced_but_always_visible(queue_backend: QueueBackend) -> None:
+    with queue_backend.open(progress_flush_interval=60.0) as store, queue_backend.open() as reader:
         job = store.submit(make_task())
         store.claim_next()
         store.set_progress(job.id, progress(1))
@@ -250,17 +254,16 @@ def test_progress_is_coalesced_but_always_visible(tmp_path: Path) -> None:
         assert store.get(job.id).progress == progress(2)
 
 
-def test_recover_requeues_running_jobs(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    store = JobStore(path)
+def test_recover_requeues_running_jobs(queue_backend: QueueBackend) -> None:
+    store = queue_backend.open()
     first, second, third, fourth = (store.submit(make_task(prompt=str(i))) for i in range(4))
     for _ in range(3):
         store.claim_next()
     store.cancel(second.id)  # cancel pending when the process died
-    store._conn.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (third.id,))  # crashed 3 times already
+    queue_backend.execute("UPDATE jobs SET attempts = 3 WHERE id = ?", (third.id,))  # crashed 3 times already
     store._conn.close()  # the process "dies": no orderly close
 
-    reopened = JobStore(path)
+    reopened = queue_backend.open()
     assert reopened.recover() == [first.id]
     assert reopened.get(first.id).state is JobState.QUEUED and reopened.get(first.id).attempts == 1
     assert reopened.get(second.id).state is JobState.CANCELLED
@@ -275,21 +278,39 @@ def test_recover_requeues_running_jobs(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    JobStore(path).close()
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE schema_version SET version = 99")
+def test_newer_schema_is_refused(queue_backend: QueueBackend, tmp_path: Path) -> None:
+    queue_backend.open().close()
+    queue_backend.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(JobError, match="newer Foci"):
-        JobStore(path)
+        queue_backend.open()
     (tmp_path / "junk.sqlite3").write_bytes(b"this is not a database" * 100)
     with pytest.raises(JobError, match="cannot open"):
         JobStore(tmp_path / "junk.sqlite3")
 
 
-def test_claims_are_atomic_across_threads_and_stores(tmp_path: Path) -> None:
-    path = tmp_path / "jobs.sqlite3"
-    stores = [JobStore(path) for _ in range(3)]
+def test_a_version_1_database_is_migrated_keeping_its_jobs(queue_backend: QueueBackend) -> None:
+    """A queue written by the previous Foci (schema 1: no leases, no workers table) opens and keeps its jobs."""
+    if queue_backend.name == "sqlite":
+        statements = MIGRATIONS[1]
+    else:
+        probe = PostgresJobStore.__new__(PostgresJobStore)
+        statements = tuple(probe._migration_sql(statement) for statement in MIGRATIONS[1])
+    for statement in (*statements, "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+                      "INSERT INTO schema_version (version) VALUES (1)"):
+        queue_backend.execute(statement)
+    queue_backend.execute("INSERT INTO jobs (id, task, state, priority, position, created_at) VALUES "
+                          "(?, ?, 'queued', 0, 1.0, 1.0)", ("a" * 32, '{"prompt": "from version 1"}'))
+    with queue_backend.open() as store:
+        assert store.get("a" * 32).task.prompt == "from version 1"
+        claimed = store.claim_next(worker="w1", lease_seconds=30)
+        assert claimed.id == "a" * 32 and claimed.worker == "w1"
+    queue_backend.execute("SELECT worker, lease_until FROM jobs")
+    with queue_backend.open() as again:  # already at the current version: nothing to do
+        assert again.get("a" * 32).state is JobState.RUNNING
+
+
+def test_claims_are_atomic_across_threads_and_stores(queue_backend: QueueBackend) -> None:
+    stores = [queue_backend.open() for _ in range(3)]
     ids = {stores[0].submit(make_task(prompt=str(i))).id for i in range(60)}
     claimed: list[str] = []
     lock = threading.Lock()
@@ -310,6 +331,115 @@ def test_claims_are_atomic_across_threads_and_stores(tmp_path: Path) -> None:
     assert stores[1].count(states=[JobState.DONE]) == 60
     for store in stores:
         store.close()
+
+
+# ----------------------------------------------------------------------------------------- leases and workers
+def test_an_expired_lease_requeues_the_job_exactly_once(queue_backend: QueueBackend) -> None:
+    stores = [queue_backend.open() for _ in range(4)]
+    job = stores[0].submit(make_task())
+    held = stores[0].claim_next(worker="dead", lease_seconds=0.3)
+    assert held.worker == "dead" and held.attempts == 1
+    assert stores[0].heartbeat(job.id, "dead", 0.3) and stores[0].holds(job.id, "dead")
+    assert not stores[0].heartbeat(job.id, "someone-else", 30)
+    assert stores[1].claim_next(worker="alive", lease_seconds=30) is None  # the lease still runs
+    time.sleep(0.5)
+
+    # Four processes notice at once: the job goes back to the queue once and is claimed once.
+    results: list[list[str]] = []
+    barrier = threading.Barrier(4)
+
+    def reap(store: SqlJobStore) -> None:
+        barrier.wait()
+        results.append(store.requeue_expired())
+
+    threads = [threading.Thread(target=reap, args=(store,)) for store in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results, key=len) == [[], [], [], [job.id]]
+    again = stores[1].claim_next(worker="alive", lease_seconds=30)
+    assert again.id == job.id and again.attempts == 2 and again.worker == "alive"
+
+    # The dead worker comes back: it holds nothing any more, so it cannot finish, fail or release the job.
+    assert not stores[0].heartbeat(job.id, "dead", 30) and not stores[0].holds(job.id, "dead")
+    for action in (lambda: stores[0].complete(job.id, [], worker="dead"),
+                   lambda: stores[0].fail(job.id, "late", worker="dead"),
+                   lambda: stores[0].release(job.id, worker="dead")):
+        with pytest.raises(JobError, match="no longer holds it"):
+            action()
+    image = JobImage(path="x.png", seed=1, width=64, height=64)
+    done = stores[1].complete(job.id, [image], worker="alive")
+    assert done.state is JobState.DONE and done.images == [image] and stores[2].count() == 1
+    for store in stores:
+        store.close()
+
+
+def test_a_claim_reaps_expired_leases_and_gives_up_after_max_attempts(store: SqlJobStore) -> None:
+    job = store.submit(make_task())
+    for attempt in (1, 2):
+        claimed = store.claim_next(worker=f"w{attempt}", lease_seconds=0.05)
+        assert claimed.id == job.id and claimed.attempts == attempt
+        time.sleep(0.1)
+    assert store.claim_next(worker="w3", lease_seconds=0.05, max_attempts=2) is None  # reaped, not re-run
+    failed = store.get(job.id)
+    assert failed.state is JobState.FAILED and "2 times" in failed.error
+
+    cancelled = store.submit(make_task())
+    store.claim_next(worker="w", lease_seconds=0.05)
+    store.cancel(cancelled.id)
+    time.sleep(0.1)
+    assert store.requeue_expired() == [] and store.get(cancelled.id).state is JobState.CANCELLED
+
+    unleased = store.submit(make_task())
+    store.claim_next(worker="embedded")  # no lease: only recover() or include_unleased re-queue it
+    assert store.requeue_expired() == [] and store.get(unleased.id).state is JobState.RUNNING
+    assert store.requeue_expired(include_unleased=True) == [unleased.id]
+
+
+class PickSecond:
+    def __init__(self) -> None:
+        self.seen: list[tuple[list[str], list[str]]] = []
+
+    def choose(self, candidates, peers, now):  # the ClaimChooser protocol
+        self.seen.append(([job.task.prompt for job in candidates], [peer.name for peer in peers]))
+        return candidates[1].id if len(candidates) > 1 else None
+
+
+def test_a_chooser_picks_among_queued_jobs_and_sees_live_workers(store: SqlJobStore) -> None:
+    jobs = [store.submit(make_task(prompt=f"p{index}")) for index in range(3)]
+    store.report_worker(WorkerInfo(id="w1-x", name="w1", models=[{"base": "a.safetensors"}]))
+    store.report_worker(WorkerInfo(id="w2-y", name="w2", state="busy", current_job=jobs[0].id))
+    chooser = PickSecond()
+    assert store.claim_next(worker="w1-x", chooser=chooser).id == jobs[1].id
+    assert chooser.seen == [(["p0", "p1", "p2"], ["w1", "w2"])]
+    assert store.claim_next(chooser=chooser).id == jobs[2].id
+    assert store.claim_next(chooser=chooser) is None  # one candidate left: this chooser takes none
+    assert store.get(jobs[0].id).state is JobState.QUEUED
+
+    listed = store.workers()
+    assert [(w.id, w.state, w.models) for w in listed] == [("w1-x", "idle", [{"base": "a.safetensors"}]),
+                                                          ("w2-y", "busy", [])]
+    assert all(abs(w.last_seen - time.time()) < 30 for w in listed)
+    store.report_worker(WorkerInfo(id="w1-x", name="w1", state="busy", jobs_done=3))
+    assert store.workers()[0].jobs_done == 3 and len(store.workers()) == 2  # updated, not duplicated
+    store.remove_worker("w2-y")
+    assert [w.id for w in store.workers()] == ["w1-x"]
+    assert store.workers(max_age=-1) == []  # heard from too long ago
+
+
+def test_an_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
+    from foci.dev.postgres_server import _free_port
+
+    url = f"postgresql://foci:secret@127.0.0.1:{_free_port()}/jobs"
+    with pytest.raises(JobError) as caught:
+        open_queue(url)
+    message = str(caught.value)
+    assert message.startswith("cannot reach the job database postgresql://foci:***@127.0.0.1:")
+    assert "secret" not in message and "\n" not in message
+    with pytest.raises(ValueError, match="postgresql:// URL or a SQLite file"):
+        open_queue("mysql://localhost/jobs")
+    assert isinstance(open_queue(tmp_path / "q.sqlite3"), JobQueue)
 
 
 # ----------------------------------------------------------------------------------------- events
@@ -391,7 +521,7 @@ def test_async_iteration_receives_events_from_other_threads() -> None:
     assert asyncio.run(timeout()) is None
 
 
-def test_event_for_job_carries_state_and_error(store: JobStore) -> None:
+def test_event_for_job_carries_state_and_error(store: SqlJobStore) -> None:
     job = store.submit(make_task())
     store.claim_next()
     failed = store.fail(job.id, "it broke")
@@ -423,12 +553,10 @@ def test_latent_preview_shape_and_dtype() -> None:
         latent_preview(np.zeros((4, 8, 8)))  # type: ignore[arg-type]
 
 
-def test_performance_steps_survive_the_queue(tmp_path) -> None:
-    from foci.service.jobs import JobStore
+def test_performance_steps_survive_the_queue(queue_backend: QueueBackend) -> None:
     from foci.settings.performance import apply_performance
-    from foci.task import GenerationTask
 
-    store = JobStore(tmp_path / "jobs.sqlite3")
+    store = queue_backend.open()
     job = store.submit(GenerationTask(prompt="a cat", performance="Lightning"))
     restored = store.get(job.id).task
     assert apply_performance(restored)[0].effective_steps == 4  # not the record's default 30

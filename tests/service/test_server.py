@@ -153,7 +153,7 @@ def _route_targets(app) -> list[tuple[str, str]]:
     return sorted(set(targets))
 
 
-def test_every_route_takes_the_same_credentials(engine, tmp_path: Path) -> None:
+def test_every_route_takes_the_same_credentials(tiny_models_dir: Path, tmp_path: Path) -> None:
     """Issue 17.5: API, UI, /history and /docs with none, wrong and each kind of valid credentials."""
     import base64
     import threading
@@ -162,12 +162,14 @@ def test_every_route_takes_the_same_credentials(engine, tmp_path: Path) -> None:
     import uvicorn
 
     from foci.apps.serve import PUBLIC_PATHS, build_service
+    from foci.engine.engine import Engine
     from foci.service.auth import add_api_key, add_user
     from foci.settings.config import FociSettings
 
     auth_file = tmp_path / "auth.json"
     key = add_api_key(auth_file, "ci")
     add_user(auth_file, "ana", "secret")
+    engine = Engine(models_dir=tiny_models_dir, output_dir=tmp_path / "out", device="cpu", precision="fp32")
     service = build_service(settings=FociSettings(), engines=[engine], root=tmp_path, listen_host="0.0.0.0",
                             auth_file=auth_file)
     targets = _route_targets(service.app)

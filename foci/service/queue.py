@@ -1,0 +1,79 @@
+"""The one job-queue interface the API, the UI and the workers use, and :func:`open_queue` to pick a backend.
+
+Two backends implement it with the same semantics (priorities, reordering, editing while queued, cancelling,
+history, image records, leases): :class:`foci.service.jobs.JobStore` (SQLite, the embedded default) and
+:class:`foci.service.postgres.PostgresJobStore` (``postgresql://…``, for several machines).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from foci.service.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
+    WORKER_MAX_AGE,
+    ClaimChooser,
+    Job,
+    JobImage,
+    JobProgress,
+    JobState,
+    JobStore,
+    WorkerInfo,
+)
+from foci.task import GenerationTask
+
+
+@runtime_checkable
+class JobQueue(Protocol):
+    """A persistent queue of generation jobs (see :mod:`foci.service.jobs` for the life of a job)."""
+
+    # submitting and reading
+    def submit(self, task: GenerationTask, *, priority: int = 0, webhook_url: str | None = None) -> Job: ...
+    def get(self, job_id: str) -> Job: ...
+    def list(self, *, states: Sequence[JobState] | None = None, limit: int = 100, offset: int = 0) -> list[Job]: ...
+    def count(self, *, states: Sequence[JobState] | None = None) -> int: ...
+    def queue_position(self, job_id: str) -> int | None: ...
+
+    # editing the queue
+    def update_task(self, job_id: str, task: GenerationTask) -> Job: ...
+    def set_priority(self, job_id: str, priority: int) -> Job: ...
+    def move(self, job_id: str, *, before: str | None = None, to_front: bool = False,
+             to_back: bool = False) -> Job: ...
+    def cancel(self, job_id: str) -> Job: ...
+    def delete(self, job_id: str) -> None: ...
+
+    # the workers' side
+    def claim_next(self, *, worker: str | None = None, lease_seconds: float | None = None,
+                   chooser: ClaimChooser | None = None, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Job | None: ...
+    def heartbeat(self, job_id: str, worker: str, lease_seconds: float) -> bool: ...
+    def holds(self, job_id: str, worker: str) -> bool: ...
+    def complete(self, job_id: str, images: list[JobImage], *, skipped_images: int = 0,
+                 worker: str | None = None) -> Job: ...
+    def fail(self, job_id: str, error: str, *, worker: str | None = None) -> Job: ...
+    def release(self, job_id: str, *, worker: str | None = None) -> Job: ...
+    def cancel_requested(self, job_id: str) -> bool: ...
+    def set_progress(self, job_id: str, progress: JobProgress) -> None: ...
+    def recover(self, *, max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]: ...
+    def requeue_expired(self, *, include_unleased: bool = False,
+                        max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> list[str]: ...
+
+    # workers' reports
+    def report_worker(self, info: WorkerInfo) -> None: ...
+    def remove_worker(self, worker_id: str) -> None: ...
+    def workers(self, *, max_age: float = WORKER_MAX_AGE) -> list[WorkerInfo]: ...
+
+    def close(self) -> None: ...
+
+
+def open_queue(spec: str | Path, *, progress_flush_interval: float = 1.0) -> JobQueue:
+    """The queue ``spec`` names: a ``postgresql://`` URL, or the path of a SQLite file. An unreachable or
+    unreadable database raises :class:`foci.service.jobs.JobError` with one line saying so."""
+    from foci.service.postgres import PostgresJobStore, is_postgres_url
+
+    if isinstance(spec, str) and is_postgres_url(spec):
+        return PostgresJobStore(spec, progress_flush_interval=progress_flush_interval)
+    if isinstance(spec, str) and "://" in spec:
+        raise ValueError(f"--queue takes a postgresql:// URL or a SQLite file path, got {spec!r}")
+    return JobStore(Path(spec), progress_flush_interval=progress_flush_interval)
