@@ -2,21 +2,22 @@
 
 A ``GuidedDenoiser`` turns (x, sigma) into the guided x0 that the samplers consume. It holds the current
 ``DenoiseStage`` (UNet + model sampling + conditioning); the joint refiner swap replaces that stage from the
-sampler callback, so solver history and the Brownian tree carry over (§2.10).
+sampler callback, so solver history and the Brownian tree carry over (§2.10). ``GuidanceCorrection``s (SAG
+today) adjust the guided x0 after CFG and may evaluate the unconditional branch once more.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from foci.guidance.adm import use_emphasized_adm
 from foci.guidance.cfg import fooocus_guidance, guidance_progress
 from foci.guidance.perp_neg import perp_neg_guidance
-from foci.guidance.sag import SelfAttentionGuidance
 from foci.sampling.model_sampling import ModelSampling
 
 
@@ -57,6 +58,15 @@ class GuidanceSettings:
     perp_neg_scale: float = 0.0
 
 
+class GuidanceCorrection(Protocol):
+    """A change to the guided x0 after CFG (e.g. Self-Attention Guidance)."""
+
+    def correct(self, stage: DenoiseStage, *, x: torch.Tensor, sigma: torch.Tensor, x0_uncond: torch.Tensor,
+                x0_guided: torch.Tensor, evaluate_uncond: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The corrected x0 of ``stage``; ``evaluate_uncond(x_noised)`` runs its unconditional branch at sigma."""
+        ...
+
+
 def _max_repeat_ratio(lengths: list[int]) -> tuple[int, int]:
     common = 1
     for length in lengths:
@@ -68,10 +78,10 @@ class GuidedDenoiser:
     """Callable ``(x, sigma) -> x0`` applying Fooocus's sampling function (§2.8) to the current stage."""
 
     def __init__(self, stage: DenoiseStage, settings: GuidanceSettings,
-                 sag: SelfAttentionGuidance | None = None) -> None:
+                 corrections: Sequence[GuidanceCorrection] = ()) -> None:
         self.stage = stage
         self.settings = settings
-        self.sag = sag
+        self.corrections = tuple(corrections)
         self.last_timestep: float = 999.0
         self.evaluations = 0
 
@@ -123,8 +133,6 @@ class GuidedDenoiser:
         use_perp_neg = settings.perp_neg_scale > 0 and stage.empty is not None
         if use_perp_neg:
             branches.append(stage.empty)
-        if self.sag is not None:
-            self.sag.uncond_index = 1
         outputs = self._unet(x_in, timestep, branches, timestep_value)
         x0s = [stage.sampling.to_denoised(out, x, sigma) for out in outputs]
         progress = guidance_progress(timestep_value)
@@ -135,9 +143,9 @@ class GuidedDenoiser:
             guided = fooocus_guidance(x, x0s[0], x0s[1], cfg_scale=settings.cfg_scale,
                                       sharpness=settings.sharpness, mimic_scale=settings.mimic_scale,
                                       progress=progress)
-        if self.sag is not None and self.sag.scale > 0 and stage.name == "base":
-            guided = self.sag.apply(x=x, sigma=sigma, x0_uncond=x0s[1], x0_guided=guided,
-                                    evaluate_uncond=self._uncond_evaluator(sigma, timestep, timestep_value))
+        for correction in self.corrections:
+            guided = correction.correct(stage, x=x, sigma=sigma, x0_uncond=x0s[1], x0_guided=guided,
+                                        evaluate_uncond=self._uncond_evaluator(sigma, timestep, timestep_value))
         return guided
 
     def _uncond_evaluator(self, sigma: torch.Tensor, timestep: torch.Tensor,

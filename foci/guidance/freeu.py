@@ -10,10 +10,10 @@ touched.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor, nn
+
+from foci.models.unet_patch import Undo, UnetPatch, add_pre_hook
 
 FOURIER_THRESHOLD = 1
 
@@ -61,23 +61,17 @@ def _backbone_channels(unet: nn.Module) -> list[tuple[nn.Module, int]]:
     return result
 
 
-class FreeU:
-    """FreeU V2 for a diffusers SDXL-style UNet; ``attach()``/``detach()`` or use as a context manager."""
+class FreeU(UnetPatch):
+    """FreeU V2 for a diffusers SDXL-style UNet, as a :class:`UnetPatch` (pre-hooks on the up-block resnets)."""
 
     def __init__(self, unet: nn.Module, *, b1: float = 1.01, b2: float = 1.02, s1: float = 0.99,
                  s2: float = 0.95) -> None:
-        self.unet = unet
+        super().__init__(unet)
         model_channels = int(unet.config.block_out_channels[0])
         self.scales: dict[int, tuple[float, float]] = {
             model_channels * 4: (b1, s1),
             model_channels * 2: (b2, s2),
         }
-        self._handles: list[Any] = []
-
-    @property
-    def attached(self) -> bool:
-        """True while the hooks are installed."""
-        return bool(self._handles)
 
     def _make_hook(self, backbone_channels: int, b: float, s: float):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -92,26 +86,7 @@ class FreeU:
 
         return hook
 
-    def attach(self) -> None:
-        """Install the pre-hooks (idempotent)."""
-        if self._handles:
-            return
-        for resnet, channels in _backbone_channels(self.unet):
-            scale = self.scales.get(channels)
-            if scale is None:
-                continue
-            handle = resnet.register_forward_pre_hook(self._make_hook(channels, *scale), with_kwargs=True)
-            self._handles.append(handle)
-
-    def detach(self) -> None:
-        """Remove the hooks; the UNet behaves exactly as before ``attach()``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> FreeU:
-        self.attach()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
+    def _install(self) -> list[Undo]:
+        """A pre-hook on every up-block resnet whose backbone width has scales."""
+        return [add_pre_hook(resnet, self._make_hook(channels, *self.scales[channels]))
+                for resnet, channels in _backbone_channels(self.unet) if channels in self.scales]

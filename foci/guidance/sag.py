@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from foci.models.unet_patch import Undo, UnetPatch, swap_attention_processor
+
 SAG_THRESHOLD = 1.0
 SAG_BLUR_KERNEL = 9
 MIN_LATENT_SIDE = 5  # ComfyUI skips SAG when a latent side is <= 4 (too small for the blur's padding)
@@ -108,8 +110,9 @@ def degrade_by_attention(x0: Tensor, received: Tensor, query_length: int, *, blu
     return blurred * mask + x0 * (1 - mask)
 
 
-class SelfAttentionGuidance:
-    """SAG for a diffusers SDXL-style UNet: ``attach()`` before the UNet calls, ``apply()`` after CFG.
+class SelfAttentionGuidance(UnetPatch):
+    """SAG for a diffusers SDXL-style UNet: attach it (a :class:`UnetPatch`) before the UNet calls, ``apply()``
+    after CFG.
 
     ``uncond_index`` is the chunk of the recorded batch that holds the unconditional branch (the pipeline
     batches ``[positive, negative]``, so 1). The recorded attention is from the most recent UNet call.
@@ -117,45 +120,23 @@ class SelfAttentionGuidance:
 
     def __init__(self, unet: nn.Module, *, scale: float = 0.5, blur_sigma: float = 2.0,
                  uncond_index: int = 1) -> None:
-        self.unet = unet
+        super().__init__(unet)
         self.scale = scale
         self.blur_sigma = blur_sigma
         self.uncond_index = uncond_index
         self.recorder = AttentionRecordingProcessor()
-        self._original_processor: object | None = None
 
     @property
     def attention_module(self) -> nn.Module:
         """The mid block's first transformer self-attention (``attn1``)."""
         return self.unet.mid_block.attentions[0].transformer_blocks[0].attn1
 
-    @property
-    def attached(self) -> bool:
-        """True while the recording processor is installed."""
-        return self._original_processor is not None
+    def _install(self) -> list[Undo]:
+        """The recording processor on that one module; detaching restores it and drops the recording."""
+        return [self._forget_recording, swap_attention_processor(self.attention_module, self.recorder)]
 
-    def attach(self) -> None:
-        """Install the recording processor on that one module (idempotent)."""
-        if self.attached:
-            return
-        module = self.attention_module
-        self._original_processor = module.processor
-        module.set_processor(self.recorder)
-
-    def detach(self) -> None:
-        """Restore the module's original processor and drop the recorded attention."""
-        if not self.attached:
-            return
-        self.attention_module.set_processor(self._original_processor)
-        self._original_processor = None
+    def _forget_recording(self) -> None:
         self.recorder.received = None
-
-    def __enter__(self) -> SelfAttentionGuidance:
-        self.attach()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.detach()
 
     def apply(self, *, x: Tensor, sigma: Tensor, x0_uncond: Tensor, x0_guided: Tensor,
               evaluate_uncond: Callable[[Tensor], Tensor]) -> Tensor:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from foci.engine.engine import Engine, GenerationError
+from foci.engine.output import decode_latent
 from foci.records.metadata import task_from_metadata
 from foci.records.outputs import read_metadata
 from foci.task import SAMPLERS, SCHEDULERS, GenerationTask
@@ -191,7 +192,7 @@ def test_decode_falls_back_to_tiles_on_out_of_memory(engine: Engine, tiny_checkp
 
     loaded.components.vae = OutOfMemoryVae()
     try:
-        pixels = engine._decode(loaded, torch.zeros(1, 4, 8, 8), engine.plan())
+        pixels = decode_latent(loaded, torch.zeros(1, 4, 8, 8), engine.plan())
     finally:
         loaded.components.vae = vae
     assert calls == ["decode", "tiled"]
