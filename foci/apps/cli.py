@@ -225,7 +225,7 @@ def _run_prompt(args: argparse.Namespace) -> int:
     settings, root = _load_settings(args)
     task = _task_from_args(args, settings)
     engine = _engine(args, settings, root)
-    for prompts in engine.plan_prompts(task):
+    for prompts in engine.plan_prompts(engine.without_unavailable_expansion(task)):
         print(json.dumps({"seed": prompts.seed, "positive": prompts.positive, "negative": prompts.negative,
                           "positive_top_k": prompts.positive_top_k, "negative_top_k": prompts.negative_top_k,
                           "expansion": prompts.expansion, "styles": prompts.styles}, ensure_ascii=False, indent=2))

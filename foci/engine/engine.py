@@ -289,6 +289,7 @@ class Engine:
         """
         plan = self.plan(task)
         task, performance_loras = apply_performance(task)
+        task = self.without_unavailable_expansion(task, plan)
         if not task.base_model:
             task = task.model_copy(update={"base_model": self._default_model_name()})
         self.resolve("checkpoints", task.base_model, "checkpoint")  # fail (or download) before anything slow
@@ -318,6 +319,19 @@ class Engine:
                     break
                 results.append(result)
         return results
+
+    def without_unavailable_expansion(self, task: GenerationTask, plan: DevicePlan | None = None) -> GenerationTask:
+        """The task without the ``Fooocus V2`` style when the optional expansion model cannot be had (offline and
+        missing, download failed, unusable file): one warning, and the image's metadata then records the styles
+        actually used, so it reproduces the image. Fooocus likewise goes on without an optional file."""
+        if FOOOCUS_V2 not in task.styles or not task.prompt.strip():
+            return task
+        try:
+            self._expander(plan or self.plan(task))
+        except GenerationError as error:
+            _log.warning("prompt expansion (Fooocus V2) skipped: %s", error)
+            return task.model_copy(update={"styles": [style for style in task.styles if style != FOOOCUS_V2]})
+        return task
 
     def _load_models(self, task: GenerationTask, plan: DevicePlan, base_loras: list[tuple[Path, float]],
                      refiner_loras: list[tuple[Path, float]]) -> tuple[LoadedModel, LoadedModel | None]:

@@ -207,3 +207,23 @@ def test_another_sdxl_model_as_refiner(engine: Engine, tiny_checkpoint: Path, tm
     swapped = engine.generate(tiny_task(tiny_checkpoint, steps=6, refiner_model=str(other)), save=False)[0]
     assert torch.isfinite(swapped.latent).all()
     assert not torch.equal(plain.latent, swapped.latent)
+
+
+def test_missing_expansion_model_is_skipped_with_a_warning_and_recorded(tiny_models_dir: Path, tiny_checkpoint: Path,
+                                                                        tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16.2: offline without the optional expansion files, the default styles still generate; the image's
+    metadata lists the styles actually used (no Fooocus V2), so restoring it reproduces the image."""
+    from foci.files.downloads import Downloader
+
+    engine = Engine(models_dir=tiny_models_dir, output_dir=tmp_path, device="cpu", precision="fp32",
+                    downloader=Downloader(offline=True, environ={}))
+    task = tiny_task(tiny_checkpoint, styles=["Fooocus V2", "Fooocus Sharp"])
+    with caplog.at_level("WARNING", logger="foci.engine.engine"):
+        (result,) = engine.generate(task)
+    assert "prompt expansion (Fooocus V2) skipped: offline" in caplog.text
+    scheme, payload = read_metadata(result.path)
+    restored = task_from_metadata(payload, scheme)
+    assert restored.styles == ["Fooocus Sharp"]
+    (again,) = engine.generate(restored.model_copy(update={"image_number": 1}))
+    assert np.array_equal(np.asarray(again.image), np.asarray(result.image))
