@@ -290,6 +290,7 @@ class Engine:
         plan = self.plan(task)
         task, performance_loras = apply_performance(task)
         task = self.without_unavailable_expansion(task, plan)
+        task = self.without_unavailable_catalogue_loras(task)
         if not task.base_model:
             task = task.model_copy(update={"base_model": self._default_model_name()})
         self.resolve("checkpoints", task.base_model, "checkpoint")  # fail (or download) before anything slow
@@ -332,6 +333,23 @@ class Engine:
             _log.warning("prompt expansion (Fooocus V2) skipped: %s", error)
             return task.model_copy(update={"styles": [style for style in task.styles if style != FOOOCUS_V2]})
         return task
+
+    def without_unavailable_catalogue_loras(self, task: GenerationTask) -> GenerationTask:
+        """The task without the LoRA slots naming a catalogue file (a preset's LoRA, e.g. the SDXL offset LoRA) that
+        cannot be had: one warning each, and the metadata records the LoRAs actually used. A name the catalogue
+        does not know stays an error (most likely a typo)."""
+        kept = []
+        for lora in task.loras:
+            if lora.enabled and lora.name not in ("", "None") and lora.weight != 0:
+                try:
+                    self.resolve("loras", lora.name, "LoRA")
+                except GenerationError as error:
+                    if self._catalogue_entry("loras", Path(lora.name).name) is None:
+                        raise
+                    _log.warning("LoRA %s skipped: %s", lora.name, error)
+                    continue
+            kept.append(lora)
+        return task if len(kept) == len(task.loras) else task.model_copy(update={"loras": kept})
 
     def _load_models(self, task: GenerationTask, plan: DevicePlan, base_loras: list[tuple[Path, float]],
                      refiner_loras: list[tuple[Path, float]]) -> tuple[LoadedModel, LoadedModel | None]:
