@@ -132,7 +132,8 @@ def test_unknown_style_and_lora_are_clear_errors(realistic_files, tmp_path: Path
 
 def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     # The shipped catalogue's own entries (names, URLs, folders, save_as), with the synthetic files' sizes/hashes:
     # the expansion's word list lives on GitHub, not the Hub, so it needs a mirror of its own.
     data_of = {REALISTIC_MODEL: realistic_files["checkpoint"], REALISTIC_LORA: realistic_files["lora"],
@@ -174,9 +175,12 @@ def test_empty_models_folder_downloads_what_the_preset_needs(realistic_files, tm
     shutil.rmtree(tmp_path / "models" / "loras")
     monkeypatch.setenv("FOCI_OFFLINE", "1")
     capsys.readouterr()
-    assert main([*args[:-4], "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("foci: error: offline") and REALISTIC_LORA in err and "models/loras" in err
+    with caplog.at_level("WARNING", logger="foci.engine.engine"):
+        assert main([*args[:-4], "--quiet"]) == 0  # the preset's LoRA is optional: skipped, said once
+    assert f"LoRA {REALISTIC_LORA} skipped: offline" in caplog.text and "models/loras" in caplog.text
+    picture = Path(capsys.readouterr().out.strip())
+    scheme, payload = read_metadata(picture)
+    assert task_from_metadata(payload, scheme).loras == []  # the metadata records what was used
 
 
 @pytest.mark.parametrize(("preset", "aspect", "cfg", "styles", "performance", "steps"), [
