@@ -32,6 +32,20 @@ MAX_LORAS = 32
 MAX_SIZE = 4096
 MAX_STEPS = 200  # Fooocus's forced-overwrite slider maximum
 MAX_LORA_WEIGHT = 10.0  # Fooocus's config allows LoRA slider limits up to ±10
+MAX_MASK_DILATE = 64  # Fooocus's "Mask Erode or Dilate" slider range
+
+UOV_METHODS = ("Disabled", "Vary (Subtle)", "Vary (Strong)", "Upscale (1.5x)", "Upscale (2x)", "Upscale (Fast 2x)")
+INPAINT_DEFAULT = "Inpaint or Outpaint (default)"
+INPAINT_DETAIL = "Improve Detail (face, hand, eyes, etc.)"
+INPAINT_MODIFY = "Modify Content (add objects, change background, etc.)"
+INPAINT_METHODS = (INPAINT_DEFAULT, INPAINT_DETAIL, INPAINT_MODIFY)
+INPAINT_ENGINES = ("None", "v1", "v2.5", "v2.6")
+OUTPAINT_DIRECTIONS = ("Left", "Right", "Top", "Bottom")
+_METHOD_DEFAULTS: dict[str, tuple[str, float, float]] = {  # method → (engine, strength, respective field), §1.7
+    INPAINT_DEFAULT: ("v2.6", 1.0, 0.618),
+    INPAINT_DETAIL: ("None", 0.5, 0.0),
+    INPAINT_MODIFY: ("v2.6", 1.0, 0.0),
+}
 
 
 def random_seed() -> int:
@@ -56,6 +70,9 @@ def encodable(text: str) -> str:
 
 Prompt = Annotated[str, StringConstraints(max_length=MAX_PROMPT_CHARS), AfterValidator(check_text)]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS), AfterValidator(check_text)]
+ImageHash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+"""An input image or mask, named by the SHA-256 of its file (see :mod:`foci.files.input_images`)."""
+Strength = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -236,6 +253,73 @@ class GenerationTask(BaseModel):
                                   ui=Control("number", "Forced height (-1 = off)", place="overrides",
                                              name="forced height"))
 
+    # ------------------------------------------------------------------------ input image (§1.7, §2.12, §2.13)
+    input_image: ImageHash | None = field(
+        None, description="SHA-256 of the input image in the input store (for Upscale/Vary and Inpaint/Outpaint)",
+        cli=Cli("--input-image", help="input image file for --uov or inpaint/outpaint", metavar="IMAGE",
+                convert="input_image"),
+        fooocus=Meta("input_image", omit_if_default=True), a1111=Meta("Input image", omit_if_default=True))
+    uov_method: Literal[UOV_METHODS] = field(  # type: ignore[valid-type]
+        "Disabled", cli=Cli("--uov", help="Upscale or Variation: " + ", ".join(f'"{m}"' for m in UOV_METHODS[1:])),
+        fooocus=Meta("uov_method", omit_if_default=True), a1111=Meta("Upscale or variation", omit_if_default=True))
+    inpaint_mask: ImageHash | None = field(
+        None, description="SHA-256 of the inpaint mask (white = repaint) in the input store",
+        cli=Cli("--inpaint-mask", help="mask image: white = repaint (resized to the input image)", metavar="MASK",
+                convert="input_image"),
+        fooocus=Meta("inpaint_mask", omit_if_default=True), a1111=Meta("Inpaint mask", omit_if_default=True))
+    outpaint: list[Literal[OUTPAINT_DIRECTIONS]] = field(  # type: ignore[valid-type]
+        default_factory=list, max_length=4,
+        cli=Cli("--outpaint", help="outpaint directions, comma-separated: left,right,top,bottom",
+                convert="outpaint"),
+        fooocus=Meta("outpaint_selections", codec="directions"), a1111=Meta("Outpaint", codec="directions"))
+    inpaint_method: Literal[INPAINT_METHODS] = field(  # type: ignore[valid-type]
+        INPAINT_DEFAULT, cli=Cli("--inpaint-method", help="; ".join(f'"{m}"' for m in INPAINT_METHODS)),
+        fooocus=Meta("inpaint_method", omit_if_default=True), a1111=Meta("Inpaint method", omit_if_default=True))
+    inpaint_engine: Literal[INPAINT_ENGINES] | None = field(  # type: ignore[valid-type]
+        None, description="None: from the method (v2.6, or no engine for Improve Detail)",
+        cli=Cli("--inpaint-engine", help="v1, v2.5, v2.6 or None (default: from the method)"),
+        fooocus=Meta("inpaint_engine_version", omit_if_default=True),
+        a1111=Meta("Inpaint engine", omit_if_default=True))
+    inpaint_strength: Strength | None = field(
+        None, description="denoising strength of the inpaint (default: from the method)",
+        cli=Cli("--inpaint-strength", help="inpaint denoising strength 0…1 (default: from the method)"),
+        fooocus=Meta("inpaint_strength", omit_if_default=True),
+        a1111=Meta("Inpaint strength", omit_if_default=True))
+    inpaint_respective_field: Strength | None = field(
+        None, description="share of the image the inpaint sees around the mask (default: from the method)",
+        cli=Cli("--inpaint-respective-field", help="0 = just around the mask … 1 = the whole image"),
+        fooocus=Meta("inpaint_respective_field", omit_if_default=True),
+        a1111=Meta("Inpaint respective field", omit_if_default=True))
+    inpaint_prompt: Prompt = field(
+        "", description="additional inpaint prompt, put before the prompt as its first line",
+        cli=Cli("--inpaint-prompt", help="additional prompt for the inpainted area (prepended to the prompt)"),
+        fooocus=Meta("inpaint_additional_prompt", omit_if_default=True),
+        a1111=Meta("Inpaint additional prompt", omit_if_default=True))
+    mask_dilate: int = field(
+        0, ge=-MAX_MASK_DILATE, le=MAX_MASK_DILATE, description="dilate (>0) or erode (<0) the mask by N pixels",
+        cli=Cli("--mask-dilate", help="grow (>0) or shrink (<0) the mask by N pixels"),
+        fooocus=Meta("inpaint_erode_or_dilate", omit_if_default=True),
+        a1111=Meta("Mask erode or dilate", omit_if_default=True))
+    invert_mask: bool = field(
+        False, cli=Cli("--invert-mask", help="repaint the black part of the mask instead", action="flag"),
+        fooocus=Meta("invert_mask", omit_if_default=True), a1111=Meta("Invert mask", omit_if_default=True))
+    overwrite_vary_strength: float = field(
+        -1.0, ge=-1.0, le=1.0, description="-1: Vary's own denoise (0.5 subtle, 0.85 strong)",
+        ui=Control("slider", "Forced Overwrite of Denoising Strength of \"Vary\"", place="overrides", step=0.001,
+                   name="vary strength overwrite"),
+        fooocus=Meta("overwrite_vary_strength", omit_values=(-1.0,)),
+        a1111=Meta("Overwrite vary strength", omit_values=(-1.0,)))
+    overwrite_upscale_strength: float = field(
+        -1.0, ge=-1.0, le=1.0, description="-1: Upscale's own denoise (0.382)",
+        ui=Control("slider", "Forced Overwrite of Denoising Strength of \"Upscale\"", place="overrides",
+                   step=0.001, name="upscale strength overwrite"),
+        fooocus=Meta("overwrite_upscale_strength", omit_values=(-1.0,)),
+        a1111=Meta("Overwrite upscale strength", omit_values=(-1.0,)))
+    debug_inpaint: bool = field(
+        False, description="write the inpaint fill, mask and crop instead of generating",
+        cli=Cli("--debug-inpaint", help="save the inpaint preprocessing (fill, mask, crop) and stop", action="flag"),
+        ui=Control("checkbox", "Debug Inpaint Preprocessing", place="overrides"))
+
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         "auto", cli=Cli("--precision", help="fp32 reproduces Fooocus exactly; auto picks bf16/fp16 where fast"),
         ui=Control("radio", "Precision", place="overrides"), fooocus="precision",
@@ -269,6 +353,45 @@ class GenerationTask(BaseModel):
             if value % 8 or not 64 <= value <= MAX_SIZE:
                 raise ValueError(f"{name} {value} must be a multiple of 8 between 64 and {MAX_SIZE}")
         return self
+
+    @model_validator(mode="after")
+    def _input_image_use(self) -> GenerationTask:
+        uov = self.uov_method != "Disabled"
+        inpaint = self.inpaint_mask is not None or bool(self.outpaint)
+        if (uov or inpaint) and self.input_image is None:
+            raise ValueError("uov_method, inpaint_mask and outpaint need an input_image")
+        if uov and inpaint:
+            raise ValueError("choose either Upscale/Vary (uov_method) or Inpaint/Outpaint (inpaint_mask, outpaint), "
+                             "not both")
+        if self.input_image is not None and not (uov or inpaint):
+            raise ValueError("input_image is given but not used: set uov_method, or inpaint_mask and/or outpaint")
+        return self
+
+    @property
+    def input_mode(self) -> Literal["text", "uov", "inpaint"]:
+        """What the input image is for: nothing (text to image), Upscale/Vary, or Inpaint/Outpaint."""
+        if self.input_image is None:
+            return "text"
+        return "uov" if self.uov_method != "Disabled" else "inpaint"
+
+    @property
+    def effective_inpaint_engine(self) -> str:
+        """The inpaint engine after the method's default (§1.7): ``None``, ``v1``, ``v2.5`` or ``v2.6``."""
+        return self.inpaint_engine if self.inpaint_engine is not None else _METHOD_DEFAULTS[self.inpaint_method][0]
+
+    @property
+    def effective_inpaint_strength(self) -> float:
+        """The inpaint denoising strength after the method's default (§1.7)."""
+        if self.inpaint_strength is not None:
+            return self.inpaint_strength
+        return _METHOD_DEFAULTS[self.inpaint_method][1]
+
+    @property
+    def effective_respective_field(self) -> float:
+        """The inpaint respective field after the method's default (§1.7)."""
+        if self.inpaint_respective_field is not None:
+            return self.inpaint_respective_field
+        return _METHOD_DEFAULTS[self.inpaint_method][2]
 
     @property
     def size(self) -> tuple[int, int]:

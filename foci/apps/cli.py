@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from foci import __version__
 from foci.fields import FieldFacts, task_fields
 from foci.messages import validation_message
-from foci.task import GenerationTask, LoraSpec, random_seed
+from foci.task import OUTPAINT_DIRECTIONS, GenerationTask, LoraSpec, random_seed
 
 
 class CliError(Exception):
@@ -156,9 +156,34 @@ def _loras(texts: list[str]) -> list[LoraSpec]:
     return [_parse_lora(text) for text in texts if text.lower() != "none"]
 
 
+def _image_file_hash(path: str) -> str:
+    """An image file named on the command line → its content hash (the file is stored by ``_store_inputs``)."""
+    from foci.files.input_images import check_image_bytes, image_digest
+    from foci.records.image_input import ImageInputError
+
+    try:
+        data = Path(path).expanduser().read_bytes()
+        check_image_bytes(data, what=path)
+    except OSError as error:
+        raise CliError(f"{path}: {error.strerror or error}") from None
+    except ImageInputError as error:
+        raise CliError(str(error)) from None
+    return image_digest(data)
+
+
+def _outpaint(text: str) -> list[str]:
+    directions = {name.lower(): name for name in OUTPAINT_DIRECTIONS}
+    chosen = [name.lower() for name in _comma_list(text)]
+    unknown = [name for name in chosen if name not in directions]
+    if unknown:
+        raise CliError(f"--outpaint: unknown direction {unknown[0]!r}; use left, right, top, bottom")
+    return [directions[name] for name in chosen]
+
+
 # Converters the field table names (``Cli.convert``): option text → field value.
 CLI_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "comma_list": _comma_list, "none_name": _none_name, "loras": _loras,
+    "comma_list": _comma_list, "none_name": _none_name, "loras": _loras, "input_image": _image_file_hash,
+    "outpaint": _outpaint,
 }
 
 
@@ -186,6 +211,20 @@ def _task_from_args(args: argparse.Namespace, settings, model: type[GenerationTa
 
 
 # ------------------------------------------------------------------------------------------------ commands
+def _store_inputs(args: argparse.Namespace, engine) -> None:
+    """Put the image files named by --input-image / --inpaint-mask into the engine's input store (the task names
+    them by content hash)."""
+    from foci.records.image_input import ImageInputError
+
+    for name in ("input_image", "inpaint_mask"):
+        path = getattr(args, name, None)
+        if path:
+            try:
+                engine.inputs.put_file(Path(path).expanduser(), what=path)
+            except ImageInputError as error:
+                raise CliError(str(error)) from None
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -194,6 +233,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     settings, root = _load_settings(args)
     task = _task_from_args(args, settings)
     engine = _engine(args, settings, root)
+    _store_inputs(args, engine)
     bars: dict[int, tqdm] = {}
 
     def on_progress(event: ProgressEvent) -> None:

@@ -28,6 +28,7 @@ from foci.files.download_hints import download_failure_message
 from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
 from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
+from foci.files.input_images import InputImageStore
 from foci.models.checkpoint import CorruptFileError, load_checkpoint
 from foci.models.lora import LoraPatcher
 from foci.models.manager import (
@@ -82,6 +83,7 @@ class Engine:
     vram: str = "auto"
     cache_budget_bytes: int | None = None
     accept_paths: bool = True  # False (the server): a model is only ever a name inside its model folders
+    input_dir: Path | None = None  # input images and masks by content hash; default ``output_dir/inputs``
     features: tuple[type[Feature], ...] = FEATURES  # the optional steps a task may switch on, in hook order
     _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
@@ -106,6 +108,11 @@ class Engine:
                    device=device, precision=precision, folders=folders,
                    styles_dirs=(root / settings.path_styles,), wildcards_dirs=(root / settings.path_wildcards,),
                    downloader=downloader)
+
+    @property
+    def inputs(self) -> InputImageStore:
+        """The store of input images and masks that tasks name by hash."""
+        return InputImageStore(Path(self.input_dir) if self.input_dir else self.output_dir / "inputs")
 
     # ----------------------------------------------------------------------------------------- models
     def plan(self, task: GenerationTask | None = None) -> DevicePlan:

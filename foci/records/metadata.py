@@ -527,6 +527,19 @@ def _size_text(separator: str | None) -> Callable[[ImageRecord, str], Pairs]:
                   else f"{record.width}{separator}{record.height}")
 
 
+def _directions_text(record: ImageRecord, key: str) -> Pairs:
+    directions = record.task.outpaint
+    return [(key, ", ".join(directions))] if directions else []
+
+
+def _read_directions(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    value = values[key]
+    names = value if isinstance(value, list) else str(value).split(",")
+    return {"outpaint": [str(name).strip().capitalize() for name in names if str(name).strip()]}
+
+
 def _read_fooocus_loras(values: Mapping[str, Any], key: str, source: _Source) -> dict[str, Any]:
     return {"loras": _fooocus_loras(values, source.lora_files)}
 
@@ -553,6 +566,7 @@ FOOOCUS_CODECS: Mapping[str, Codec] = {
                      read=_read_refiner),
     "vae": _VAE,
     "loras": Codec(write=_loras_fooocus, read=_read_fooocus_loras),
+    "directions": Codec(write=_directions_text, read=_read_directions),
 }
 A1111_CODECS: Mapping[str, Codec] = {
     "effective_steps": _EFFECTIVE_STEPS,
@@ -571,6 +585,7 @@ A1111_CODECS: Mapping[str, Codec] = {
     "refiner_switch": Codec(write=_if_refiner(lambda record: record.task.refiner_switch)),
     "vae": _VAE,
     "loras": Codec(write=_loras_a1111, read=_read_a1111_loras),
+    "directions": Codec(write=_directions_text, read=_read_directions),
 }
 _CODECS: Mapping[str, Mapping[str, Codec]] = {"fooocus": FOOOCUS_CODECS, "a1111": A1111_CODECS}
 
@@ -655,7 +670,17 @@ def _read_scheme(scheme: str, values: Mapping[str, Any], source: _Source, *, wri
         raise _fail(key_names.get(task_field, task_field), first.get("msg", str(error))) from None
 
 
-_PLAIN_READERS: Mapping[type | None, Callable[[str, object], Any]] = {int: _as_int, float: _as_float, str: _as_text}
+def _as_bool(field: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise _fail(field, f"expected True or False, got {value!r}")
+
+
+_PLAIN_READERS: Mapping[type | None, Callable[[str, object], Any]] = {
+    int: _as_int, float: _as_float, str: _as_text, bool: _as_bool}
 
 
 def task_from_metadata(

@@ -102,7 +102,7 @@ def test_every_converter_the_table_names_exists() -> None:
             assert facts.config.convert in CONFIG_CONVERTERS, facts.name
         for meta in (facts.fooocus, facts.a1111):  # a value without a codec is one plain int, float or text
             if meta is not None and meta.codec is None:
-                assert facts.type in (int, float, str), facts.name
+                assert facts.type in (int, float, str, bool), facts.name
 
 
 def test_fields_sharing_a_metadata_key_share_its_codec() -> None:
