@@ -80,7 +80,7 @@ class EngineCopy:
     def __init__(self, engine: Engine) -> None:
         self.fields = {name: getattr(engine, name) for name in (
             "models_dir", "output_dir", "device", "precision", "folders", "styles_dirs", "wildcards_dirs",
-            "catalogue", "vram", "cache_budget_bytes", "accept_paths")}
+            "catalogue", "vram", "cache_budget_bytes", "accept_paths", "input_dir")}
         downloader = engine.downloader
         self.download = None if downloader is None else {"offline": downloader.offline,
                                                          "mirrors": dict(downloader.mirrors)}
