@@ -16,19 +16,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from foci import __version__
 from foci.engine.conditioning import encode_image_prompts
 from foci.engine.devices import DevicePlan, plan_devices
 from foci.engine.features import FEATURES, Feature
 from foci.engine.loaded import LoadedModel
 from foci.engine.outcomes import GeneratedImage, GenerationError, GenerationInterrupted, ProgressEvent
+from foci.engine.output import save_picture
 from foci.engine.recipe import TaskRun, run_image
 from foci.files.download_hints import download_failure_message
 from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
 from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
 from foci.files.input_images import InputImageStore
+from foci.imaging.inpaint_head import InpaintHead, InpaintHeadError, load_inpaint_head
+from foci.imaging.masks import image_to_rgb, mask_image_to_rgb
+from foci.imaging.upscaler import Upscaler, UpscalerError, load_upscaler
 from foci.models.checkpoint import CorruptFileError, load_checkpoint
 from foci.models.lora import LoraPatcher
 from foci.models.manager import (
@@ -39,6 +46,8 @@ from foci.models.manager import (
     offload_modules,
     place_modules,
 )
+from foci.records.image_input import ImageInputError
+from foci.records.metadata import ImageRecord
 from foci.settings.config import FociSettings
 from foci.settings.performance import apply_performance, performance_lora_names
 from foci.task import GenerationTask
@@ -54,9 +63,18 @@ from foci.text.wildcards import WildcardLibrary
 __all__ = ["Engine", "GeneratedImage", "GenerationError", "GenerationInterrupted", "ProgressEvent"]
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+UPSCALER_FILE = "fooocus_upscaler_s409985e5.bin"
+INPAINT_HEAD_FILE = "fooocus_inpaint_head.pth"
 EXPANSION_FILES = ("fooocus_expansion.bin", "fooocus_expansion_positive.txt")
 """Catalogue names of the Fooocus V2 expansion files (saved as pytorch_model.bin and positive.txt)."""
 _log = logging.getLogger(__name__)
+
+
+def main_prompt(task: GenerationTask) -> str:
+    """The prompt the plan starts from: an inpaint's additional prompt goes first, as a line of its own (§1.7)."""
+    if task.input_mode == "inpaint" and task.inpaint_prompt.strip():
+        return f"{task.inpaint_prompt}\n{task.prompt}" if task.prompt.strip() else task.inpaint_prompt
+    return task.prompt
 
 
 def _is_diffusers_folder(path: Path) -> bool:
@@ -87,6 +105,8 @@ class Engine:
     features: tuple[type[Feature], ...] = FEATURES  # the optional steps a task may switch on, in hook order
     _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
+    _upscaler: tuple[tuple, Upscaler] | None = field(default=None, repr=False)
+    _inpaint_head: tuple[Path, InpaintHead] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
@@ -226,7 +246,7 @@ class Engine:
     def _streams_weights(loaded: LoadedModel) -> bool:
         return bool(getattr(loaded.components.unet, "_foci_sequential_offload", False))
 
-    def _apply_loras(self, loaded: LoadedModel, loras: list[tuple[Path, float]]) -> None:
+    def use_loras(self, loaded: LoadedModel, loras: list[tuple[Path, float]]) -> None:
         """Merge exactly ``loras`` into the model (restoring the previous set first); no reload from disk."""
         wanted = self._lora_key(loras)
         if wanted == loaded.loras:
@@ -296,22 +316,34 @@ class Engine:
         """
         plan = self.plan(task)
         task, performance_loras = apply_performance(task)
+        features = tuple(feature for feature in self.features if feature.wanted(task))
+        with torch.inference_mode():
+            for feature in features:
+                pictures = feature.direct_pictures(task, self, plan)
+                if pictures is not None:
+                    return [self._direct_result(task, picture, plan, save) for picture in pictures]
+        for feature in features:
+            task = feature.adjust_task(task)
         task = self.without_unavailable_expansion(task, plan)
         task = self.without_unavailable_catalogue_loras(task)
         if not task.base_model:
             task = task.model_copy(update={"base_model": self._default_model_name()})
         self.resolve("checkpoints", task.base_model, "checkpoint")  # fail (or download) before anything slow
         base_loras, refiner_loras = self.lora_requests(task, performance_loras)
+        patches = [lora for feature in features for lora in feature.extra_base_loras(task, self)]
         with torch.inference_mode():
             prompts = self.plan_prompts(task, plan=plan, performance_applied=True)
-            base, refiner = self._load_models(task, plan, base_loras, refiner_loras)
+            base, refiner = self._load_models(task, plan, base_loras + patches, refiner_loras)
             encoder = self._encoder(base, task.clip_skip)
             self.place(plan, [base.components.text_encoder, base.components.text_encoder_2])
             conditionings = [encode_image_prompts(task, encoder, image_prompts) for image_prompts in prompts]
             self.place(plan, [base.components.unet] + ([refiner.components.unet] if refiner else []))
             loras = [(path, weight) for path, weight in base_loras
                      if path.name not in performance_lora_names()]
-            run = TaskRun(task, plan, base, refiner, loras, self.features, on_progress, interrupt)
+            run = TaskRun(task, plan, base, refiner, loras, features, on_progress, interrupt,
+                          base_loras=base_loras + patches, patches=patches)
+            for feature in features:
+                run.shared[feature] = feature.prepare_task(run, self)
             results: list[GeneratedImage] = []
             for index, conditioning in enumerate(conditionings):
                 if interrupt is not None and interrupt() == "stop":
@@ -328,11 +360,59 @@ class Engine:
                 results.append(result)
         return results
 
+    def _direct_result(self, task: GenerationTask, picture: Image.Image, plan: DevicePlan,
+                       save: bool) -> GeneratedImage:
+        """A picture made without sampling (Upscale (Fast 2x), inpaint debug): recorded with the task, no models."""
+        record = ImageRecord(task=task, seed=task.seed, width=picture.width, height=picture.height,
+                             positive_items=[], negative_items=[], base_model_name=Path(task.base_model).name,
+                             software=f"Foci {__version__}", device=plan.describe())
+        path = save_picture(picture, task, record, self.output_dir) if save else None
+        return GeneratedImage(picture, task.seed, record, path, None)
+
+    # ---------------------------------------------------------------------------------- input images
+    def input_rgb(self, digest: str, *, what: str = "the input image") -> np.ndarray:
+        """An input image from the store as ``(H, W, 3)`` uint8 RGB (EXIF orientation applied, alpha on white)."""
+        try:
+            with self.inputs.open(digest, what=what) as image:
+                return image_to_rgb(image)
+        except ImageInputError as error:
+            raise GenerationError(str(error)) from None
+
+    def input_mask(self, digest: str) -> np.ndarray:
+        """A mask image from the store as ``(H, W, 3)`` uint8 (see :func:`foci.imaging.masks.mask_image_to_rgb`)."""
+        try:
+            with self.inputs.open(digest, what="the inpaint mask") as image:
+                return mask_image_to_rgb(image)
+        except ImageInputError as error:
+            raise GenerationError(str(error)) from None
+
+    def upscaler(self, plan: DevicePlan) -> Upscaler:
+        """Fooocus's ESRGAN upscaler (downloaded when missing), loaded once on the task's device."""
+        path = self.resolve("upscale_models", UPSCALER_FILE, "upscaler")
+        key = (path.resolve(), plan.device, plan.vae_dtype)
+        if self._upscaler is None or self._upscaler[0] != key:
+            dtype = torch.float32 if plan.device.type == "cpu" else plan.vae_dtype
+            try:
+                self._upscaler = (key, load_upscaler(path, device=plan.device, dtype=dtype))
+            except UpscalerError as error:
+                raise GenerationError(f"{error}; replace the file") from None
+        return self._upscaler[1]
+
+    def inpaint_head(self, channels: int) -> InpaintHead:
+        """Fooocus's inpaint head (downloaded when missing), loaded once, on the CPU."""
+        path = self.resolve("inpaint", INPAINT_HEAD_FILE, "inpaint head")
+        if self._inpaint_head is None or self._inpaint_head[0] != path.resolve():
+            try:
+                self._inpaint_head = (path.resolve(), load_inpaint_head(path, unet_channels=channels))
+            except InpaintHeadError as error:
+                raise GenerationError(str(error)) from None
+        return self._inpaint_head[1]
+
     def without_unavailable_expansion(self, task: GenerationTask, plan: DevicePlan | None = None) -> GenerationTask:
         """The task without the ``Fooocus V2`` style when the optional expansion model cannot be had (offline and
         missing, download failed, unusable file): one warning, and the image's metadata then records the styles
         actually used, so it reproduces the image. Fooocus likewise goes on without an optional file."""
-        if FOOOCUS_V2 not in task.styles or not task.prompt.strip():
+        if FOOOCUS_V2 not in task.styles or not main_prompt(task).strip():
             return task
         try:
             self._expander(plan or self.plan(task))
@@ -365,13 +445,13 @@ class Engine:
         if self._streams_weights(base) and self._lora_key(base_loras) != base.loras:
             self._models.pop(base.key)  # weights streamed from RAM cannot be patched in place: reload
             base = self._load("base", task.base_model, task.vae, plan)
-        self._apply_loras(base, base_loras)
+        self.use_loras(base, base_loras)
         if not task.refiner_model or task.refiner_model in ("None", task.base_model):
             return base, None
         refiner = self._load("refiner", task.refiner_model, None, plan)
         if refiner.path.resolve() == base.path.resolve():
             return base, None
-        self._apply_loras(refiner, refiner_loras)
+        self.use_loras(refiner, refiner_loras)
         return base, refiner
 
     def _default_model_name(self) -> str:
@@ -393,9 +473,9 @@ class Engine:
             _log.warning("%s", warning)
         library.validate(task.styles)
         wildcards = WildcardLibrary.load(self.wildcards_dirs)
-        needs_expansion = FOOOCUS_V2 in task.styles and bool(task.prompt.strip())
+        needs_expansion = FOOOCUS_V2 in task.styles and bool(main_prompt(task).strip())
         expand = self._expander(plan or self.plan(task)) if needs_expansion else None
-        return [plan_image_prompts(task.prompt, task.negative_prompt, task.styles, seed=seed, image_index=index,
+        return [plan_image_prompts(main_prompt(task), task.negative_prompt, task.styles, seed=seed, image_index=index,
                                    library=library, wildcards=wildcards,
                                    read_wildcards_in_order=task.read_wildcards_in_order, expand=expand)
                 for index, seed in enumerate(task.image_seeds())]

@@ -43,4 +43,4 @@ class GeneratedImage:
     seed: int
     record: ImageRecord
     path: Path | None
-    latent: torch.Tensor  # final latent in VAE space, float32, CPU
+    latent: torch.Tensor | None  # final latent in VAE space, float32, CPU (None: made without sampling)

@@ -1,4 +1,5 @@
-"""Recipe steps "decode" and "save": the final latent to pixels, the image record, the file and the debug dump."""
+"""Recipe steps "decode" and "save": the final latent to pixels, the image record, the file and the debug dump;
+and the VAE encode of input images (Upscale/Vary, Inpaint)."""
 
 from __future__ import annotations
 
@@ -15,27 +16,69 @@ from foci.engine.devices import DevicePlan, is_out_of_memory
 from foci.engine.loaded import LoadedModel
 from foci.engine.outcomes import GenerationError
 from foci.files.hash_cache import HashCache
+from foci.imaging.tiles import tiled_vae_decode, tiled_vae_encode
 from foci.records.metadata import ImageRecord
 from foci.records.outputs import new_output_path, save_image
 from foci.task import GenerationTask
 
 
-def decode_latent(loaded: LoadedModel, latent: torch.Tensor, plan: DevicePlan) -> torch.Tensor:
-    """VAE decode in channels_last to ``[B,3,H,W]`` in 0…1 on the CPU; falls back to tiles when memory runs out
-    (§2.20)."""
+def _vae(loaded: LoadedModel):
     vae = loaded.components.vae
     if vae is None:
         raise GenerationError(f"{loaded.path.name} has no VAE; pass a VAE file with --vae")
+    return vae
+
+
+def decode_latent(loaded: LoadedModel, latent: torch.Tensor, plan: DevicePlan, *, tiled: bool = False) -> torch.Tensor:
+    """VAE decode in channels_last to ``[B,3,H,W]`` in 0…1 on the CPU (§2.20). ``tiled``: Fooocus's tiled decode
+    (Upscale, §2.13); an untiled decode falls back to it when memory runs out."""
+    vae = _vae(loaded)
     sample = latent.to(plan.device, dtype=plan.vae_dtype).contiguous(memory_format=torch.channels_last)
-    try:
-        decoded = vae.decode(sample, return_dict=False)[0]
-    except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
-        if not is_out_of_memory(error):
-            raise
-        if plan.device.type == "cuda":
-            torch.cuda.empty_cache()
-        decoded = vae.tiled_decode(sample, return_dict=False)[0]
+
+    def decode(tile: torch.Tensor) -> torch.Tensor:
+        return vae.decode(tile.contiguous(memory_format=torch.channels_last), return_dict=False)[0]
+
+    if not tiled:
+        try:
+            decoded = decode(sample)
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+            tiled = True
+    if tiled:
+        decoded = tiled_vae_decode(sample, decode)
     return ((decoded.float() + 1.0) / 2.0).clamp(0.0, 1.0).cpu()
+
+
+def vae_encode_crop(pixels: torch.Tensor) -> torch.Tensor:
+    """``[B,3,H,W]`` pixels centre-cropped to multiples of 8, as ComfyUI's VAE encode does before encoding."""
+    height, width = pixels.shape[-2] // 8 * 8, pixels.shape[-1] // 8 * 8
+    top, left = (pixels.shape[-2] % 8) // 2, (pixels.shape[-1] % 8) // 2
+    return pixels[..., top:top + height, left:left + width]
+
+
+def encode_pixels(loaded: LoadedModel, pixels: torch.Tensor, plan: DevicePlan, *, tiled: bool = False) -> torch.Tensor:
+    """``[B,3,H,W]`` pixels in 0…1 (sides multiples of 8) → the VAE latent (the distribution's mode, VAE space)
+    as CPU float32. ``tiled``: Fooocus's tiled encode (Upscale, §2.13); an untiled encode falls back to it when
+    memory runs out."""
+    vae = _vae(loaded)
+    sample = (pixels * 2.0 - 1.0).to(plan.device, dtype=plan.vae_dtype).contiguous(memory_format=torch.channels_last)
+
+    def encode(tile: torch.Tensor) -> torch.Tensor:
+        return vae.encode(tile.contiguous(memory_format=torch.channels_last)).latent_dist.mode()
+
+    if not tiled:
+        try:
+            return encode(sample).float().cpu()
+        except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
+            if not is_out_of_memory(error):
+                raise
+            if plan.device.type == "cuda":
+                torch.cuda.empty_cache()
+    latent_channels = int(vae.config.latent_channels)
+    return tiled_vae_encode(sample, encode, latent_channels=latent_channels).float().cpu()
 
 
 def to_picture(pixels: torch.Tensor) -> Image.Image:

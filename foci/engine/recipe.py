@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +50,14 @@ class TaskRun:
     features: tuple[type[Feature], ...] = ()
     on_progress: Callable[[ProgressEvent], None] | None = None
     interrupt: Callable[[], str | None] | None = None
+    shared: dict[type[Feature], Any] = field(default_factory=dict)  # each feature's per-task state (prepare_task)
+    base_loras: list[tuple[Path, float]] = field(default_factory=list)  # all merged into the base, patches included
+    patches: list[tuple[Path, float]] = field(default_factory=list)  # the features' patches among them
+
+    @property
+    def base_loras_without_patches(self) -> list[tuple[Path, float]]:
+        """The base's LoRAs without the features' patches (what Fooocus's synthetic refiner uses)."""
+        return [lora for lora in self.base_loras if lora not in self.patches]
 
 
 @dataclass
@@ -59,7 +67,7 @@ class ImageJob:
     run: TaskRun
     index: int
     conditioning: ImageConditioning
-    size: tuple[int, int]  # width, height in pixels
+    size: tuple[int, int]  # width, height in pixels (of the sampled latent; a feature may change it in prepare)
 
     @property
     def task(self) -> GenerationTask:
@@ -82,6 +90,7 @@ class Schedule:
     scheduler: str  # the effective scheduler (a model may force its own)
     sigmas: torch.Tensor  # on the device, ending in 0
     switch: int
+    denoise: float = 1.0  # below 1: the last steps+1 sigmas of a longer schedule (img2img, §2.6)
 
     @property
     def total_steps(self) -> int:
@@ -122,7 +131,7 @@ def empty_first_latent(job: ImageJob, schedule: Schedule) -> FirstLatent:
     # Fooocus sizes the Brownian tree from its own schedule of the checkpoint's native sampling (§2.6, §2.7).
     task = job.task
     tree_min, tree_max = brownian_tree_range(native_model_sampling(info.prediction), task.scheduler,
-                                             task.effective_steps, sampler=task.sampler)
+                                             task.effective_steps, sampler=task.sampler, denoise=schedule.denoise)
     noise = NoiseSource(latent, seed=job.seed, sigma_min=tree_min, sigma_max=tree_max, generator=generator)
     return FirstLatent(latent, initial_noise, noise)
 
@@ -228,7 +237,7 @@ def run_image(engine: Engine, run: TaskRun, index: int, conditioning: ImageCondi
     final_latent = base.components.info.latent_format.to_vae(x).float().cpu()
     engine.place(plan, [base.components.vae, base.components.unet]
                  + ([refiner.components.unet] if refiner else []))
-    pixels = decode_latent(base, final_latent, plan)
+    pixels = decode_latent(base, final_latent, plan, tiled=any(feature.decode_tiled for feature in features))
     if not torch.isfinite(pixels).all():
         raise GenerationError("the VAE produced NaN/inf values; try --precision fp32 or another VAE")
     picture = to_picture(pixels[0])

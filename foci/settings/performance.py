@@ -123,8 +123,8 @@ def apply_performance(task: GenerationTask) -> tuple[GenerationTask, list[tuple[
     mode = PERFORMANCE_MODES[performance]
     steps_chosen = "steps" in task.model_fields_set
     updates: dict[str, Any] = {"performance": performance.value, **mode.overrides}
-    if not steps_chosen:
-        updates["steps"] = mode.steps
+    if not steps_chosen:  # Upscale samples with the mode's own Upscale-or-Vary step count (§2.13)
+        updates["steps"] = mode.uov_steps if task.uov_method.startswith("Upscale") else mode.steps
     validated = GenerationTask.model_validate({**task.model_dump(), **updates})
     fields_set = set(task.model_fields_set) | set(updates)
     if not steps_chosen:

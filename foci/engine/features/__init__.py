@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from foci.engine.features.base import Feature
 from foci.engine.features.freeu import FreeUFeature
+from foci.engine.features.inpaint import InpaintFeature
 from foci.engine.features.sag import SagFeature
+from foci.engine.features.vary_upscale import UpscaleOrVaryFeature
 
-FEATURES: tuple[type[Feature], ...] = (FreeUFeature, SagFeature)
+FEATURES: tuple[type[Feature], ...] = (UpscaleOrVaryFeature, InpaintFeature, FreeUFeature, SagFeature)
 
-__all__ = ["FEATURES", "Feature", "FreeUFeature", "SagFeature"]
+__all__ = ["FEATURES", "Feature", "FreeUFeature", "InpaintFeature", "SagFeature", "UpscaleOrVaryFeature"]
