@@ -6,11 +6,15 @@ Everything under ``/v1`` needs credentials when the :class:`~foci.service.auth.A
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import mimetypes
+import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -18,17 +22,19 @@ from urllib.parse import unquote
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from foci import __version__
+from foci.files.input_images import InputImageStore, image_digest
 from foci.messages import validation_message
-from foci.records.image_input import ImageTooLargeError
+from foci.records.image_input import ImageInputError, ImageTooLargeError, NotAnImageError
 from foci.records.metadata import task_from_metadata
 from foci.records.outputs import read_metadata
-from foci.service.admission import AdmissionError, admit
+from foci.service.admission import INPUT_IMAGE_FIELDS, AdmissionError, admit
 from foci.service.auth import AuthConfig
 from foci.service.events import EventBus, EventKind, JobEvent, Subscription
 from foci.service.jobs import FINAL_STATES, Job, JobError, JobImage, JobState, JobStore, UnknownJobError, WorkerInfo
@@ -48,6 +54,8 @@ if TYPE_CHECKING:
 API_PREFIX = "/v1"
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 _MULTIPART_OVERHEAD = 64 << 10  # form boundaries and part headers around an uploaded file
+BASE64_FIELDS: Mapping[str, str] = {field: f"{field}_base64" for field in INPUT_IMAGE_FIELDS}
+"""Task field naming an input image by hash → the job body field that may carry that image as base64."""
 
 
 # The API reference at /docs, rendered in the browser from /openapi.json with no external scripts or fonts
@@ -119,13 +127,27 @@ TaskFields = _partial(GenerationTask, "TaskFields")
 TaskFields.__doc__ = "Any subset of GenerationTask's fields; the rest come from the server's preset/config."
 
 
+_BASE64_HELP = ("the {what} as base64 (or a data: URL, e.g. data:image/png;base64,…); stored by its SHA-256, "
+                "which becomes task.{field}. Larger files: send the job as multipart/form-data with a file part "
+                "'{field}'")
+
+
+def _base64_field(what: str, field_name: str) -> Any:
+    return Field(None, description=_BASE64_HELP.format(what=what, field=field_name))
+
+
 class JobSubmission(BaseModel):
-    """``POST /v1/jobs``: the task fields to set, a queue priority and an optional webhook."""
+    """``POST /v1/jobs``: the task fields to set, a queue priority, an optional webhook and the input images.
+
+    The input image and mask come as base64 here, as file parts of a multipart request, or as ``task.input_image``
+    / ``task.inpaint_mask`` hashes of images already stored (``POST /v1/inputs``, or an earlier job's)."""
 
     model_config = ConfigDict(extra="forbid")
     task: TaskFields = Field(default_factory=TaskFields)  # type: ignore[valid-type]
     priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="higher runs first; FIFO within a priority")
     webhook_url: str | None = Field(None, description="http(s) URL that receives the job JSON when it ends")
+    input_image_base64: str | None = _base64_field("input image", "input_image")
+    inpaint_mask_base64: str | None = _base64_field("inpaint mask (white = repaint)", "inpaint_mask")
 
     @field_validator("webhook_url")
     @classmethod
@@ -134,17 +156,14 @@ class JobSubmission(BaseModel):
 
 
 class JobPatch(BaseModel):
-    """``PATCH /v1/jobs/{id}``: task fields to change (queued jobs only) and/or a new priority."""
+    """``PATCH /v1/jobs/{id}``: task fields to change (queued jobs only), a new priority and/or new input images
+    (base64 here or file parts of a multipart request, as for ``POST /v1/jobs``)."""
 
     model_config = ConfigDict(extra="forbid")
     task: TaskFields | None = None  # type: ignore[valid-type]
     priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
-
-    @model_validator(mode="after")
-    def _something(self) -> JobPatch:
-        if self.task is None and self.priority is None:
-            raise ValueError("give 'task' fields and/or 'priority'")
-        return self
+    input_image_base64: str | None = _base64_field("new input image", "input_image")
+    inpaint_mask_base64: str | None = _base64_field("new inpaint mask", "inpaint_mask")
 
 
 class MoveRequest(BaseModel):
@@ -225,6 +244,16 @@ class MetadataResult(BaseModel):
     raw: dict[str, Any] | str
 
 
+class InputImageInfo(BaseModel):
+    """An image in the input store: ``sha256`` is what ``task.input_image`` and ``task.inpaint_mask`` take."""
+
+    sha256: str
+    format: str
+    width: int
+    height: int
+    bytes: int
+
+
 class ErrorBody(BaseModel):
     detail: str
 
@@ -235,6 +264,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 _NOT_FOUND = {404: {"model": ErrorBody, "description": "no such job"}}
 _CONFLICT = {409: {"model": ErrorBody, "description": "not possible in the job's current state"}}
+_IMAGE_ERRORS: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorBody, "description": "body, image file or pixel count too large"},
+    415: {"model": ErrorBody, "description": "an upload that is not an image (or a body that is neither JSON nor "
+                                            "multipart/form-data)"},
+}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -308,28 +342,41 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _is_multipart(request: Request) -> bool:
+    return request.headers.get("content-type", "").lower().startswith("multipart/form-data")
+
+
+async def _read_form(request: Request, max_bytes: int) -> dict[str, bytes | str]:
+    """The parts of a multipart body of at most ``max_bytes`` (plus framing): file parts as bytes, text parts as
+    str; 422 for a part given twice."""
+    body = await _read_limited(request, max_bytes + _MULTIPART_OVERHEAD)
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    form = await Request(request.scope, replay).form()
+    try:
+        parts: dict[str, bytes | str] = {}
+        for name, value in form.multi_items():
+            if name in parts:
+                raise HTTPException(422, f"the form part {name!r} is given twice")
+            parts[name] = value if isinstance(value, str) else await value.read()
+        return parts
+    finally:
+        await form.close()
+
+
 async def _uploaded_file(request: Request, max_bytes: int) -> bytes:
     """The image bytes of a multipart ``file`` field or of a raw ``image/*`` body, at most ``max_bytes``."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        body = await _read_limited(request, max_bytes + _MULTIPART_OVERHEAD)
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        form = await Request(request.scope, replay).form()
-        try:
-            upload = form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise HTTPException(422, "send the image as the multipart field 'file'")
-            data = await upload.read()
-        finally:
-            await form.close()
+    if _is_multipart(request):
+        data = (await _read_form(request, max_bytes)).get("file")  # type: ignore[assignment]
+        if not isinstance(data, bytes):
+            raise HTTPException(422, "send the image as the multipart field 'file'")
     else:
         data = await _read_limited(request, max_bytes)
     if len(data) > max_bytes:
@@ -337,6 +384,164 @@ async def _uploaded_file(request: Request, max_bytes: int) -> bytes:
     if not data:
         raise HTTPException(422, "the upload is empty")
     return data
+
+
+# ------------------------------------------------------------------------------------------------ job bodies
+@dataclass
+class JobRequest:
+    """A parsed job body (``POST`` or ``PATCH``) and the input image files that came with it, by task field."""
+
+    body: Any  # JobSubmission or JobPatch
+    files: dict[str, bytes]
+
+
+async def read_job_request(request: Request, model: type[BaseModel], max_upload_bytes: int) -> JobRequest:
+    """The job of an ``application/json`` body, or of a ``multipart/form-data`` body whose part ``job`` holds the
+    same JSON and whose file parts ``input_image`` / ``inpaint_mask`` hold the images; 415 for other bodies."""
+    content_type = request.headers.get("content-type", "").lower()
+    if _is_multipart(request):
+        parts = await _read_form(request, max_upload_bytes)
+        unknown = sorted(set(parts) - {"job", *INPUT_IMAGE_FIELDS})
+        if unknown:
+            raise HTTPException(422, f"unknown form part {unknown[0]!r}: send the job JSON as the part 'job' and the "
+                                     f"images as the file parts {' and '.join(map(repr, INPUT_IMAGE_FIELDS))}")
+        files: dict[str, bytes] = {}
+        for field_name in INPUT_IMAGE_FIELDS:
+            value = parts.get(field_name)
+            if isinstance(value, str):
+                raise HTTPException(422, f"{field_name}: send the image as a file part (curl -F "
+                                         f"{field_name}=@image.png)")
+            if value is not None:
+                files[field_name] = value
+        if sum(map(len, files.values())) > max_upload_bytes:
+            raise HTTPException(413, f"uploaded images larger than {max_upload_bytes} bytes in all")
+        return JobRequest(parse_job_json(parts.get("job", b"{}"), model), files)
+    if content_type and "json" not in content_type:
+        raise HTTPException(415, "send the job as application/json, or as multipart/form-data with the job JSON in "
+                                 "the part 'job' and the images as file parts")
+    return JobRequest(parse_job_json(await request.body(), model), {})
+
+
+def parse_job_json(raw: bytes | str, model: type[BaseModel]) -> Any:
+    """``raw`` (JSON) validated as ``model``; 422 in the API's usual form otherwise."""
+    if not raw.strip():
+        raise RequestValidationError([{"loc": ("body",), "msg": "the job JSON is missing", "type": "missing"}])
+    try:
+        value = json.loads(raw)
+    except ValueError as error:  # also invalid UTF-8
+        raise RequestValidationError([{"loc": ("body",), "msg": f"not valid JSON: {error}",
+                                       "type": "json_invalid"}]) from None
+    try:
+        return model.model_validate(value)
+    except ValidationError as error:
+        raise RequestValidationError(error.errors(include_url=False)) from None
+
+
+_DATA_URL = re.compile(r"^data:[^,]*?(;base64)?,", re.IGNORECASE)
+
+
+def decode_base64_image(text: str, source: str) -> bytes:
+    """The bytes of a base64 text or ``data:`` URL (standard or URL-safe alphabet, whitespace and missing padding
+    tolerated); 422 naming ``source`` for anything else."""
+    payload = text.strip()
+    data_url = _DATA_URL.match(payload)
+    if data_url is not None:
+        if data_url.group(1) is None:
+            raise HTTPException(422, f"{source}: a data: URL must be base64 (data:image/png;base64,…)")
+        payload = payload[data_url.end():]
+    payload = re.sub(r"\s+", "", payload).translate(str.maketrans("-_", "+/"))
+    payload += "=" * (-len(payload) % 4)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise HTTPException(422, f"{source}: not valid base64 (nor a data: URL)") from None
+    if not data:
+        raise HTTPException(422, f"{source}: the image is empty")
+    return data
+
+
+@dataclass(frozen=True)
+class IncomingImage:
+    """An input image or mask that arrives with a job: its bytes, where it came from and its hash."""
+
+    field: str  # the task field it sets: input_image or inpaint_mask
+    source: str  # how the client sent it, for messages: input_image, input_image_base64, …
+    data: bytes
+
+    @property
+    def digest(self) -> str:
+        return image_digest(self.data)
+
+
+def incoming_images(job: JobRequest) -> list[IncomingImage]:
+    """The images of a job request, from its file parts and base64 fields; 422 when one is given twice."""
+    images = []
+    for field_name, base64_name in BASE64_FIELDS.items():
+        text = getattr(job.body, base64_name)
+        data = job.files.get(field_name)
+        if text is not None and data is not None:
+            raise HTTPException(422, f"{field_name}: give the image once, as the file part or as {base64_name}")
+        if data is not None:
+            images.append(IncomingImage(field_name, field_name, data))
+        elif text is not None:
+            images.append(IncomingImage(field_name, base64_name, decode_base64_image(text, base64_name)))
+    return images
+
+
+def with_image_hashes(fields: dict[str, Any], images: Sequence[IncomingImage]) -> dict[str, Any]:
+    """Task ``fields`` naming each incoming image by its hash; 422 when the task names another one already."""
+    fields = dict(fields)
+    for image in images:
+        named = fields.get(image.field)
+        if named is not None and named != image.digest:
+            raise HTTPException(422, f"task.{image.field}: {named} is not the hash of the {image.source} sent "
+                                     "with the job; give one of them")
+        fields[image.field] = image.digest
+    return fields
+
+
+def image_error(error: ImageInputError) -> HTTPException:
+    """The HTTP error for an input image Foci does not take: 413 too large, 415 not an image, 422 damaged."""
+    status = 413 if isinstance(error, ImageTooLargeError) else 415 if isinstance(error, NotAnImageError) else 422
+    return HTTPException(status, str(error))
+
+
+def store_images(inputs: InputImageStore, images: Sequence[IncomingImage]) -> None:
+    """Keep every image in the input store (checked there); the HTTP error of the first that is refused."""
+    for image in images:
+        try:
+            inputs.put_bytes(image.data, what=image.source)
+        except ImageInputError as error:
+            raise image_error(error) from None
+
+
+def _job_body_docs(model: type[BaseModel], what: str) -> dict[str, Any]:
+    """OpenAPI request body of a job route: the model as JSON, or multipart with the JSON and the image files."""
+    image_parts = {name: {"type": "string", "format": "binary", "description": f"the {name.replace('_', ' ')} "
+                          "file (sets task." + name + ")"} for name in INPUT_IMAGE_FIELDS}
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}},
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "job": {"type": "string", "description": f"{what} as JSON ({model.__name__})"}, **image_parts}}}}}}
+
+
+def _with_schemas(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Add ``models`` (read by hand from the request, so FastAPI does not see them) to the OpenAPI components."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                for name, definition in model_schema.pop("$defs", {}).items():
+                    components.setdefault(name, definition)
+                components[model.__name__] = model_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the schema
 
 
 # ------------------------------------------------------------------------------------------------ body size
@@ -367,9 +572,10 @@ class BodySizeLimit:
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         limit = self.limit_for(headers.get("content-type", ""))
+        hint = "" if limit == self.upload_bytes else "; send large images as multipart/form-data file parts"
         declared = headers.get("content-length", "").strip()
         if declared.isdigit() and int(declared) > limit:
-            await _too_large(send, limit)
+            await _too_large(send, limit, hint)
             return
         messages, size = [], 0
         while True:
@@ -379,7 +585,7 @@ class BodySizeLimit:
                 break
             size += len(message.get("body", b""))
             if size > limit:
-                await _too_large(send, limit)
+                await _too_large(send, limit, hint)
                 return
             if not message.get("more_body", False):
                 break
@@ -390,8 +596,8 @@ class BodySizeLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(send: Any, limit: int) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+async def _too_large(send: Any, limit: int, hint: str = "") -> None:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes{hint}"}).encode()
     await send({"type": "http.response.start", "status": 413,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
@@ -430,9 +636,16 @@ class ApiContext:
         graceful shutdown otherwise waits for streams of jobs that have not ended)."""
         self.closing.set()
 
+    @property
+    def inputs(self) -> InputImageStore:
+        """The engine's store of input images and masks (what ``task.input_image``/``inpaint_mask`` name)."""
+        return self.engine.inputs
+
     # --- tasks
-    def build_task(self, fields: dict[str, Any], base: dict[str, Any]) -> GenerationTask:
-        """``fields`` merged over ``base`` as a validated task; HTTP 422 with the pydantic message otherwise."""
+    def build_task(self, fields: dict[str, Any], base: dict[str, Any], *,
+                   arriving: Collection[str] = ()) -> GenerationTask:
+        """``fields`` merged over ``base`` as a validated, admitted task; HTTP 422 with the message otherwise.
+        Input images it names must be stored already or among ``arriving`` (stored with the job)."""
         values = {**base, **fields}
         if values.get("seed") is None:
             values["seed"] = random_seed()
@@ -443,7 +656,8 @@ class ApiContext:
         except ValueError as error:
             raise HTTPException(422, f"task: {error}") from None
         try:
-            admit(task, styles=self.styles, max_image_number=self.settings.default_max_image_number)
+            admit(task, styles=self.styles, max_image_number=self.settings.default_max_image_number,
+                  inputs=self.inputs, arriving=arriving)
         except AdmissionError as error:
             raise HTTPException(422, f"task.{error}") from None
         return task
@@ -471,6 +685,59 @@ class ApiContext:
     def model_names(self, kind: str) -> list[str]:
         hidden = performance_lora_names() if kind == "loras" else frozenset()
         return [path.as_posix() for path in self.engine.folders.list_files(kind) if path.name not in hidden]
+
+    # --- jobs with input images (called in a worker thread: images are decoded and written)
+    def submit(self, job_request: JobRequest) -> Job:
+        """Queue a ``POST /v1/jobs`` request: its images are stored before the job is queued (so a queued job
+        survives a restart with them); nothing is stored or queued when anything is refused."""
+        submission: JobSubmission = job_request.body
+        images = incoming_images(job_request)
+        fields = with_image_hashes(submission.task.model_dump(exclude_unset=True), images)
+        task = self.build_task(fields, self.settings.task_defaults(), arriving={image.digest for image in images})
+        if submission.webhook_url is not None:
+            try:
+                check_webhook_target(submission.webhook_url, self.settings.webhook_allow)
+            except WebhookError as error:
+                raise HTTPException(422, str(error)) from None
+        store_images(self.inputs, images)
+        try:
+            job = self.store.submit(task, priority=submission.priority, webhook_url=submission.webhook_url)
+        except JobError as error:
+            raise HTTPException(422, str(error)) from None
+        self.publish(job, "queued")
+        if self.worker is not None:
+            self.worker.wake()
+        return job
+
+    def edit(self, job_id: str, job_request: JobRequest) -> Job:
+        """Apply a ``PATCH /v1/jobs/{id}`` request to a queued job (new images are stored first)."""
+        patch: JobPatch = job_request.body
+        images = incoming_images(job_request)
+        if patch.task is None and patch.priority is None and not images:
+            raise HTTPException(422, "give 'task' fields, 'priority' and/or an input image")
+        job = self.job(job_id)
+        if job.state != JobState.QUEUED:
+            raise HTTPException(409, f"job {job_id} is {job.state.value}; only queued jobs can be edited")
+        if patch.task is not None or images:
+            fields = patch.task.model_dump(exclude_unset=True) if patch.task is not None else {}
+            base = job.task.model_dump(exclude_unset=True) | {"seed": job.task.seed}
+            task = self.build_task(with_image_hashes(fields, images), base,
+                                   arriving={image.digest for image in images})
+            store_images(self.inputs, images)
+            job = self.change(job_id, self.store.update_task, task)
+        if patch.priority is not None:
+            job = self.change(job_id, self.store.set_priority, patch.priority)
+        return job
+
+    def store_input(self, data: bytes) -> tuple[InputImageInfo, bool]:
+        """Keep an uploaded image (``POST /v1/inputs``): its description and whether it is new to the store."""
+        digest = image_digest(data)
+        new = self.inputs.find(digest) is None
+        store_images(self.inputs, [IncomingImage("input_image", "the upload", data)])
+        with self.inputs.open(digest) as image:
+            info = InputImageInfo(sha256=digest, format=image.format or "", width=image.width,
+                                  height=image.height, bytes=len(data))
+        return info, new
 
 
 def _authenticator(auth: AuthConfig) -> Any:
@@ -505,7 +772,8 @@ def create_app(*, store: JobStore, worker: Worker | None, bus: EventBus, engine:
                          output_dir=Path(output_dir), max_upload_bytes=max_upload_bytes,
                          root=Path.cwd() if root is None else Path(root))
     app = FastAPI(title="Foci API", version=__version__, docs_url=None, redoc_url=None, openapi_url="/openapi.json",
-                  description="Queue SDXL text-to-image jobs (Fooocus recipe), follow them live, fetch the images.")
+                  description="Queue SDXL jobs (Fooocus recipe): text to image, Upscale/Vary and Inpaint/Outpaint "
+                              "of an input image; follow them live, fetch the images.")
     app.state.foci = context
     app.add_middleware(BodySizeLimit, upload_bytes=max_upload_bytes + _MULTIPART_OVERHEAD,
                        other_bytes=max_json_bytes)
@@ -520,8 +788,10 @@ def create_app(*, store: JobStore, worker: Worker | None, bus: EventBus, engine:
 
     router = APIRouter(prefix=API_PREFIX, dependencies=[Depends(_authenticator(auth))], responses=_ERRORS)
     _add_job_routes(router, context)
+    _add_input_routes(router, context)
     _add_info_routes(router, context)
     app.include_router(router)
+    _with_schemas(app, [JobSubmission, JobPatch])
 
     @app.get("/metrics", include_in_schema=False, dependencies=[Depends(_authenticator(auth))])
     def metrics() -> PlainTextResponse:
@@ -549,22 +819,13 @@ def _parse_states(values: Sequence[str] | None) -> list[JobState] | None:
 def _add_job_routes(router: APIRouter, context: ApiContext) -> None:
     store = context.store
 
-    @router.post("/jobs", status_code=201, response_model=Job, summary="Queue a job")
-    def submit_job(submission: JobSubmission) -> JSONResponse:
-        fields = submission.task.model_dump(exclude_unset=True)
-        task = context.build_task(fields, context.settings.task_defaults())
-        if submission.webhook_url is not None:
-            try:
-                check_webhook_target(submission.webhook_url, context.settings.webhook_allow)
-            except WebhookError as error:
-                raise HTTPException(422, str(error)) from None
-        try:
-            job = store.submit(task, priority=submission.priority, webhook_url=submission.webhook_url)
-        except JobError as error:
-            raise HTTPException(422, str(error)) from None
-        context.publish(job, "queued")
-        if context.worker is not None:
-            context.worker.wake()
+    @router.post("/jobs", status_code=201, response_model=Job, responses=_IMAGE_ERRORS, summary="Queue a job",
+                 openapi_extra=_job_body_docs(JobSubmission, "the job"))
+    async def submit_job(request: Request) -> JSONResponse:
+        """A JSON ``JobSubmission``, or multipart/form-data: the part ``job`` with that JSON and the file parts
+        ``input_image`` / ``inpaint_mask``. Input images are stored (by SHA-256) before the job is queued."""
+        job_request = await read_job_request(request, JobSubmission, context.max_upload_bytes)
+        job = await run_in_threadpool(context.submit, job_request)
         return JSONResponse(json.loads(job.model_dump_json()), status_code=201,
                             headers={"Location": f"{API_PREFIX}/jobs/{job.id}"})
 
@@ -608,19 +869,12 @@ def _add_job_routes(router: APIRouter, context: ApiContext) -> None:
                 raise HTTPException(422, f"before: no job with id {move.before!r}") from None
         return context.change(job_id, store.move, before=move.before, to_front=move.to_front, to_back=move.to_back)
 
-    @router.patch("/jobs/{job_id}", response_model=Job, responses={**_NOT_FOUND, **_CONFLICT},
-                  summary="Edit a queued job's task and/or priority")
-    def edit_job(job_id: str, patch: JobPatch) -> Job:
-        job = context.job(job_id)
-        if job.state != JobState.QUEUED:
-            raise HTTPException(409, f"job {job_id} is {job.state.value}; only queued jobs can be edited")
-        if patch.task is not None:
-            fields = patch.task.model_dump(exclude_unset=True)
-            task = context.build_task(fields, job.task.model_dump(exclude_unset=True) | {"seed": job.task.seed})
-            job = context.change(job_id, store.update_task, task)
-        if patch.priority is not None:
-            job = context.change(job_id, store.set_priority, patch.priority)
-        return job
+    @router.patch("/jobs/{job_id}", response_model=Job, responses={**_NOT_FOUND, **_CONFLICT, **_IMAGE_ERRORS},
+                  summary="Edit a queued job's task, input images and/or priority",
+                  openapi_extra=_job_body_docs(JobPatch, "the changes"))
+    async def edit_job(job_id: str, request: Request) -> Job:
+        job_request = await read_job_request(request, JobPatch, context.max_upload_bytes)
+        return await run_in_threadpool(context.edit, job_id, job_request)
 
     @router.get("/jobs/{job_id}/events", responses={
         **_NOT_FOUND, 200: {"description": "server-sent events: one JSON JobEvent per `data:` line; the stream "
@@ -671,6 +925,32 @@ async def _event_stream(context: ApiContext, job: Job, subscription: Subscriptio
                 return
     finally:
         subscription.close()
+
+
+_UPLOAD_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+def _add_input_routes(router: APIRouter, context: ApiContext) -> None:
+    @router.post("/inputs", status_code=201, response_model=InputImageInfo, openapi_extra=_UPLOAD_BODY,
+                 responses={200: {"model": InputImageInfo, "description": "the image was stored already"},
+                            **_IMAGE_ERRORS}, summary="Store an input image or mask; returns its hash for a task")
+    async def upload_input(request: Request) -> JSONResponse:
+        data = await _uploaded_file(request, context.max_upload_bytes)
+        info, new = await run_in_threadpool(context.store_input, data)
+        return JSONResponse(info.model_dump(), status_code=201 if new else 200,
+                            headers={"Location": f"{API_PREFIX}/inputs/{info.sha256}"})
+
+    @router.get("/inputs/{sha256}", response_class=FileResponse, summary="A stored input image or mask",
+                responses={200: {"content": {"image/*": {}}, "description": "the file as it was uploaded"},
+                           404: {"model": ErrorBody, "description": "no such input image"}})
+    def get_input(sha256: str) -> FileResponse:
+        found = context.inputs.find(sha256)
+        if found is None:
+            raise HTTPException(404, f"no input image {sha256!r} is stored")
+        return FileResponse(found, media_type=mimetypes.guess_type(found.name)[0] or "application/octet-stream")
 
 
 def _add_info_routes(router: APIRouter, context: ApiContext) -> None:
@@ -735,10 +1015,7 @@ def _add_info_routes(router: APIRouter, context: ApiContext) -> None:
 
     @router.post("/metadata", response_model=MetadataResult, summary="The task an image's metadata encodes",
                  responses={413: {"model": ErrorBody, "description": "upload too large"}},
-                 openapi_extra={"requestBody": {"required": True, "content": {
-                     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                         "file": {"type": "string", "format": "binary"}}}},
-                     "image/*": {"schema": {"type": "string", "format": "binary"}}}}})
+                 openapi_extra=_UPLOAD_BODY)
     async def read_image_metadata(request: Request) -> MetadataResult:
         data = await _uploaded_file(request, context.max_upload_bytes)
         return await run_in_threadpool(_metadata_of, context, data)
@@ -773,5 +1050,6 @@ def image_url(image: JobImage) -> str:
     return f"{API_PREFIX}/images/{image.path}"
 
 
-__all__: Iterable[str] = ["ApiContext", "BodySizeLimit", "JobPatch", "JobSubmission", "MoveRequest", "TaskFields",
-                          "create_app", "image_url", "replay_events", "safe_image_path", "validation_message"]
+__all__: Iterable[str] = ["ApiContext", "BodySizeLimit", "InputImageInfo", "JobPatch", "JobSubmission", "MoveRequest",
+                          "TaskFields", "create_app", "decode_base64_image", "image_url", "read_job_request",
+                          "replay_events", "safe_image_path", "validation_message"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image
 
+from foci.files.input_images import InputImageStore
 from foci.task import GenerationTask
 
 
@@ -45,6 +46,11 @@ class FakeEngine:
     load_log: Path | None = None
     held: tuple | None = None
     loads: int = 0
+
+    @property
+    def inputs(self) -> InputImageStore:
+        """Input images and masks by hash, where the engine keeps them (``output_dir/inputs``)."""
+        return InputImageStore(Path(self.output_dir) / "inputs")
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[Any], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list[SimpleNamespace]:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from foci.records.image_input import ImageInputError, open_image
+from foci.records.image_input import ImageInputError, ImageTooLargeError, open_image
 
 MAX_INPUT_BYTES = 64 * 1024 * 1024
 """The largest image or mask file accepted (a 4096² 16-bit PNG fits)."""
@@ -39,20 +39,27 @@ def image_digest(data: bytes) -> str:
 
 
 def check_image_bytes(data: bytes, *, what: str = "the image") -> str:
-    """The PIL format name of ``data`` if it is a readable image within the size limits; ImageInputError else."""
+    """The PIL format name of ``data`` if it is a readable image within the size limits; else
+    :class:`ImageTooLargeError` (bytes or pixels), ``NotAnImageError`` or :class:`ImageInputError` (empty,
+    damaged, truncated). The pixels are decoded once, so a file that passes also loads in the worker."""
     if len(data) > MAX_INPUT_BYTES:
-        raise ImageInputError(f"{what} is {len(data) / 2**20:.1f} MiB; Foci accepts image files of at most "
-                              f"{MAX_INPUT_BYTES // 2**20} MiB")
+        raise ImageTooLargeError(f"{what} is {len(data) / 2**20:.1f} MiB; Foci accepts image files of at most "
+                                 f"{MAX_INPUT_BYTES // 2**20} MiB")
     if not data:
         raise ImageInputError(f"{what} is empty")
     image = open_image(io.BytesIO(data), what=what)
+    image_format = image.format or "PNG"
     try:
-        image.verify()  # reads the whole file structure: truncated or broken files fail here, not in the worker
+        image.verify()  # the file structure (PNG chunks and checksums): broken files fail here
+        with open_image(io.BytesIO(data), what=what) as decoded:
+            decoded.load()  # the pixels: a truncated JPEG or zlib stream fails here, not in the worker
+    except ImageInputError:
+        raise
     except Exception:
         raise ImageInputError(f"{what} is a damaged or truncated image file") from None
     finally:
         image.close()
-    return image.format or "PNG"
+    return image_format
 
 
 class InputImageStore:
@@ -88,8 +95,8 @@ class InputImageStore:
         except OSError:
             raise ImageInputError(f"{what}: no such file") from None
         if size > MAX_INPUT_BYTES:
-            raise ImageInputError(f"{what} is {size / 2**20:.1f} MiB; Foci accepts image files of at most "
-                                  f"{MAX_INPUT_BYTES // 2**20} MiB")
+            raise ImageTooLargeError(f"{what} is {size / 2**20:.1f} MiB; Foci accepts image files of at most "
+                                     f"{MAX_INPUT_BYTES // 2**20} MiB")
         return self.put_bytes(path.read_bytes(), what=what)
 
     def find(self, digest: str) -> Path | None:

@@ -22,7 +22,11 @@ class ImageInputError(ValueError):
 
 
 class ImageTooLargeError(ImageInputError):
-    """An image whose header describes more than :data:`MAX_IMAGE_PIXELS` pixels."""
+    """An image whose header describes more than :data:`MAX_IMAGE_PIXELS` pixels (or a file above a byte limit)."""
+
+
+class NotAnImageError(ImageInputError):
+    """Bytes that no image reader recognises (a text file, an archive, …)."""
 
 
 def check_pixels(width: int, height: int, *, what: str = "the image", limit: int = MAX_IMAGE_PIXELS) -> None:
@@ -41,7 +45,7 @@ def open_image(source: str | Path | IO[bytes], *, what: str = "the image") -> Im
         raise ImageTooLargeError(f"{what} has far more pixels than the {MAX_IMAGE_PIXELS / 1e6:.1f} Mpx Foci "
                                  "reads") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ImageInputError(f"{what} is not an image file Foci can read") from None
+        raise NotAnImageError(f"{what} is not an image file Foci can read") from None
     try:
         width, height = image.size
         check_pixels(width, height, what=what)

@@ -7,6 +7,7 @@ inside the configured model folders (:func:`foci.files.folders.check_model_name`
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import TYPE_CHECKING
 
 from foci.files.folders import ModelFoldersError, check_model_name
@@ -14,10 +15,12 @@ from foci.settings.performance import Performance, PerformanceError
 from foci.task import GenerationTask
 
 if TYPE_CHECKING:
+    from foci.files.input_images import InputImageStore
     from foci.text.styles import StyleLibrary
 
 # task field -> model kind (folder) it names
 MODEL_FIELDS: dict[str, str] = {"base_model": "checkpoints", "refiner_model": "checkpoints", "vae": "vae"}
+INPUT_IMAGE_FIELDS = ("input_image", "inpaint_mask")  # task fields that name a file of the input store by hash
 
 
 class AdmissionError(ValueError):
@@ -44,9 +47,22 @@ def check_model_names(task: GenerationTask) -> GenerationTask:
     return task
 
 
-def admit(task: GenerationTask, *, styles: StyleLibrary, max_image_number: int) -> GenerationTask:
+def check_input_images(task: GenerationTask, inputs: InputImageStore, *, arriving: Collection[str] = ()
+                       ) -> GenerationTask:
+    """``task`` if every input image and mask it names (by hash) is in ``inputs`` or among ``arriving`` (hashes
+    of files that are stored together with the task); :class:`AdmissionError` naming the field and hash else."""
+    for field in INPUT_IMAGE_FIELDS:
+        digest = getattr(task, field)
+        if digest is not None and digest not in arriving and inputs.find(digest) is None:
+            raise AdmissionError(field, f"no input image {digest} is stored; upload the image again")
+    return task
+
+
+def admit(task: GenerationTask, *, styles: StyleLibrary, max_image_number: int,
+          inputs: InputImageStore | None = None, arriving: Collection[str] = ()) -> GenerationTask:
     """``task`` if the server may queue it: a known performance, model names inside the model folders, no more
-    images than the server allows and only styles it knows; :class:`AdmissionError` for the first that fails."""
+    images than the server allows, only styles it knows and (given ``inputs``) input images that are stored or
+    ``arriving`` with it (:func:`check_input_images`); :class:`AdmissionError` for the first that fails."""
     try:
         Performance.parse(task.performance)
     except PerformanceError as error:
@@ -58,4 +74,6 @@ def admit(task: GenerationTask, *, styles: StyleLibrary, max_image_number: int) 
         styles.validate(task.styles)
     except ValueError as error:
         raise AdmissionError("styles", str(error)) from None
+    if inputs is not None:
+        check_input_images(task, inputs, arriving=arriving)
     return task

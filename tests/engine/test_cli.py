@@ -205,3 +205,124 @@ def test_readme_offline_tiny_path_runs_verbatim(tmp_path: Path) -> None:
     assert len(pictures) == 2 and all(p.is_file() and p.suffix == ".png" for p in pictures)
     warnings = outputs[1].stderr
     assert "prompt expansion (Fooocus V2) skipped" in warnings and "LoRA sd_xl_offset_example" in warnings
+
+
+# ------------------------------------------------------------------------------------------ input image flags
+def _image_files(folder: Path) -> dict[str, Path]:
+    """An input image, a mask and files that are not usable images."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.service.test_hardening import png_header_only
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    Image.fromarray(pixels, "RGB").save(folder / "photo.png")
+    Image.new("L", (56, 40), 255).save(folder / "mask.png")
+    (folder / "notes.txt").write_text("not an image\n")
+    whole = (folder / "photo.png").read_bytes()
+    (folder / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    (folder / "bomb.png").write_bytes(png_header_only(10_000, 10_000))
+    return {path.stem: path for path in folder.iterdir()}
+
+
+def _parsed_task(argv: list[str]):
+    from foci.apps.cli import _load_settings, _task_from_args, build_parser
+
+    args = build_parser().parse_args(argv)
+    settings, _ = _load_settings(args)
+    return args, settings, _task_from_args(args, settings)
+
+
+def test_input_image_flags_parse_into_the_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from foci.task import INPAINT_MODIFY
+
+    monkeypatch.chdir(tmp_path)
+    files = _image_files(tmp_path / "in")
+    photo_hash = hashlib.sha256(files["photo"].read_bytes()).hexdigest()
+    mask_hash = hashlib.sha256(files["mask"].read_bytes()).hexdigest()
+
+    _, _, vary = _parsed_task(["generate", "a cat", "--input-image", str(files["photo"]), "--uov", "Vary (Subtle)"])
+    assert (vary.input_image, vary.uov_method, vary.input_mode) == (photo_hash, "Vary (Subtle)", "uov")
+    assert vary.inpaint_mask is None and vary.outpaint == []
+
+    _, _, inpaint = _parsed_task([
+        "generate", "a cat", "--input-image", str(files["photo"]), "--inpaint-mask", str(files["mask"]),
+        "--outpaint", "left, TOP", "--inpaint-method", INPAINT_MODIFY, "--inpaint-engine", "v2.5",
+        "--inpaint-strength", "0.7", "--inpaint-respective-field", "0.3", "--mask-dilate", "-5", "--invert-mask",
+        "--inpaint-prompt", "a red hat", "--debug-inpaint"])
+    assert inpaint.input_mode == "inpaint"
+    assert (inpaint.input_image, inpaint.inpaint_mask) == (photo_hash, mask_hash)
+    assert inpaint.outpaint == ["Left", "Top"] and inpaint.inpaint_method == INPAINT_MODIFY
+    assert (inpaint.inpaint_engine, inpaint.effective_inpaint_engine) == ("v2.5", "v2.5")
+    assert (inpaint.inpaint_strength, inpaint.inpaint_respective_field) == (0.7, 0.3)
+    assert (inpaint.mask_dilate, inpaint.invert_mask, inpaint.debug_inpaint) == (-5, True, True)
+    assert inpaint.inpaint_prompt == "a red hat" and inpaint.uov_method == "Disabled"
+
+    _, _, no_engine = _parsed_task(["generate", "a cat", "--input-image", str(files["photo"]), "--outpaint",
+                                    "right", "--inpaint-engine", "None"])
+    assert (no_engine.inpaint_engine, no_engine.effective_inpaint_engine) == ("None", "None")
+    assert (no_engine.inpaint_mask, no_engine.outpaint) == (None, ["Right"])
+    _, _, defaults = _parsed_task(["generate", "a cat", "--input-image", str(files["photo"]), "--outpaint", "bottom"])
+    assert (defaults.inpaint_engine, defaults.inpaint_strength, defaults.inpaint_respective_field) == (None, None, None)
+    assert (defaults.effective_inpaint_engine, defaults.effective_inpaint_strength,
+            defaults.effective_respective_field) == ("v2.6", 1.0, 0.618)  # the default method's (§1.7)
+
+
+def test_input_images_go_into_the_engines_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from foci.apps.cli import _engine, _store_inputs
+
+    monkeypatch.chdir(tmp_path)
+    files = _image_files(tmp_path / "in")
+    args, settings, task = _parsed_task(["generate", "a cat", "--input-image", str(files["photo"]), "--inpaint-mask",
+                                         str(files["mask"]), "--output-dir", str(tmp_path / "out"),
+                                         "--models-dir", str(tmp_path / "models")])
+    engine = _engine(args, settings, tmp_path)
+    _store_inputs(args, engine)
+    assert engine.inputs.path(task.input_image).read_bytes() == files["photo"].read_bytes()
+    assert engine.inputs.path(task.inpaint_mask).read_bytes() == files["mask"].read_bytes()
+    assert engine.inputs.folder == tmp_path / "out" / "inputs"
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize(("args", "message"), [
+    (["--input-image", "{in}/missing.png", "--uov", "Vary (Subtle)"], "missing.png: No such file or directory"),
+    (["--input-image", "{in}", "--uov", "Vary (Subtle)"], "Is a directory"),
+    (["--input-image", "{in}/notes.txt", "--uov", "Vary (Subtle)"], "notes.txt is not an image file Foci can read"),
+    (["--input-image", "{in}/truncated.png", "--uov", "Vary (Subtle)"], "damaged or truncated"),
+    (["--input-image", "{in}/bomb.png", "--uov", "Vary (Subtle)"], "far more pixels than the 33.6 Mpx"),
+    (["--input-image", "{in}/photo.png", "--inpaint-mask", "{in}/notes.txt"], "notes.txt is not an image file"),
+    (["--input-image", "{in}/photo.png", "--outpaint", "left,sideways"], "--outpaint: unknown direction 'sideways'"),
+    (["--uov", "Vary (Subtle)"], "need an input_image"),
+    (["--inpaint-mask", "{in}/mask.png"], "need an input_image"),
+    (["--input-image", "{in}/photo.png"], "input_image is given but not used"),
+    (["--input-image", "{in}/photo.png", "--uov", "Vary (Strong)", "--inpaint-mask", "{in}/mask.png"],
+     "choose either Upscale/Vary"),
+    (["--input-image", "{in}/photo.png", "--outpaint", "left", "--inpaint-strength", "1.5"], "inpaint_strength"),
+    (["--input-image", "{in}/photo.png", "--outpaint", "left", "--mask-dilate", "65"], "mask_dilate"),
+])
+def test_bad_input_images_give_one_clear_line(args: list[str], message: str, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    _image_files(tmp_path / "in")
+    argv = [arg.replace("{in}", str(tmp_path / "in")) for arg in args]
+    code, out, err = run_cli(["generate", "a cat", "--output-dir", str(tmp_path / "out"), *argv], capsys)
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("foci: error: ") and message in err, err
+    assert not (tmp_path / "out").exists()  # nothing stored, nothing generated
+
+
+def test_help_lists_the_input_image_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["generate", "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option in ("--input-image IMAGE", "--uov", "Vary (Subtle)", "Upscale (Fast 2x)", "--inpaint-mask MASK",
+                   "white = repaint", "--outpaint", "left,right,top,bottom", "--inpaint-method",
+                   "Improve Detail (face, hand, eyes, etc.)", "--inpaint-engine {None,v1,v2.5,v2.6}",
+                   "--inpaint-strength", "--inpaint-respective-field", "--mask-dilate", "(-64 to 64)",
+                   "--invert-mask", "--inpaint-prompt", "--debug-inpaint"):
+        assert option in text, option

@@ -25,6 +25,7 @@ from PIL import Image, PngImagePlugin
 from foci.apps.api import create_app
 from foci.engine.engine import ProgressEvent
 from foci.files.folders import ModelFolders
+from foci.files.input_images import InputImageStore
 from foci.records.metadata import task_from_metadata
 from foci.records.outputs import read_metadata
 from foci.service.auth import AuthConfig
@@ -45,7 +46,8 @@ TINY = {"aspect_ratio": "64*64", "steps": 2, "styles": [], "loras": [], "prompt"
 class StubEngine:
     """Engine stand-in: ``generate`` behaves like the real one's loop (interrupt before each image and after each
     step's model call, then progress) and writes tiny PNGs. ``pause_at=(image, step)`` blocks there until
-    :meth:`resume`, so tests can act while a job is provably running."""
+    :meth:`resume`, so tests can act while a job is provably running. Like the engine it reads a task's input
+    image and mask from its input store (``output_dir/inputs``); ``inputs_seen`` lists (field, size, mode)."""
 
     def __init__(self, output_dir: Path, *, pause_at: tuple[int, int] | None = None) -> None:
         self.output_dir = output_dir
@@ -55,7 +57,12 @@ class StubEngine:
         self.paused = threading.Event()
         self._resume = threading.Event()
         self.calls = 0
+        self.inputs_seen: list[tuple[str, tuple[int, int], str]] = []
         self._lock = threading.Lock()
+
+    @property
+    def inputs(self) -> InputImageStore:
+        return InputImageStore(self.output_dir / "inputs")
 
     def resume(self) -> None:
         self._resume.set()
@@ -65,6 +72,12 @@ class StubEngine:
         with self._lock:
             self.calls += 1
             call = self.calls
+        for field_name in ("input_image", "inpaint_mask"):
+            digest = getattr(task, field_name)
+            if digest is not None:
+                with self.inputs.open(digest) as image:  # InputImageMissing fails the job, as in the engine
+                    image.load()
+                    self.inputs_seen.append((field_name, image.size, image.mode))
         results = []
         count, steps = task.image_number, task.steps
         for index, seed in enumerate(task.image_seeds()):
