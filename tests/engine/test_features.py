@@ -102,8 +102,10 @@ def _entries(log: list, kind: str) -> list[tuple]:
     return [entry[1:] for entry in log if entry[0] == kind]
 
 
-def test_default_features_are_freeu_and_sag(engine: Engine) -> None:
-    assert engine.features == (FreeUFeature, SagFeature)
+def test_default_features_are_input_image_freeu_and_sag(engine: Engine) -> None:
+    from foci.engine.features import InpaintFeature, UpscaleOrVaryFeature
+
+    assert engine.features == (UpscaleOrVaryFeature, InpaintFeature, FreeUFeature, SagFeature)
     assert FreeUFeature.wanted(GenerationTask(freeu={"enabled": True}))
     assert not FreeUFeature.wanted(GenerationTask()) and not SagFeature.wanted(GenerationTask(sag_scale=0))
     assert SagFeature.wanted(GenerationTask(sag_scale=0.5))
