@@ -23,3 +23,11 @@ def test_peer_benchmark_runs() -> None:
                            "--steps", "2"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "foci-fp32 / diffusers:" in done.stdout and "foci-auto / diffusers:" in done.stdout
+
+
+def test_input_image_benchmark_runs() -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_input_image.py"), "--input", "64x64",
+                           "--steps", "1", "--device", "cpu", "--precision", "fp32", "--modes", "inpaint"],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "inpaint / text-to-image:" in done.stdout
