@@ -46,6 +46,7 @@ from foci.records.metadata.values import (
     resolve,
     stem,
     version_label,
+    without_performance_lora,
 )
 from foci.records.style_recovery import extract_styles_from_prompt
 from foci.task import SAMPLERS, GenerationTask, LoraSpec
@@ -228,19 +229,21 @@ def _loras_pairs(record: ImageRecord, key: str) -> Pairs:
             (key, ", ".join(f"{stem(n)}: {w}" for n, w, _ in record.loras))]
 
 
-def _a1111_loras(weights: str, lora_files: list[str]) -> list[LoraSpec]:
-    loras: list[LoraSpec] = []
+def _a1111_loras(weights: str) -> list[tuple[str, float]]:
+    """``"offset: 0.35, detail: -0.5"`` → [(stem, weight)]."""
+    loras: list[tuple[str, float]] = []
     for entry in filter(None, (part.strip() for part in weights.split(", "))):
         name, separator, weight = entry.rpartition(":")
         if not separator or not name.strip():
             raise fail("Lora weights", f"expected 'name: weight', got {entry!r}")
-        resolved = resolve(name.strip(), lora_files)
-        loras.append(LoraSpec(name=resolved, weight=as_float("Lora weights", weight)))
+        loras.append((name.strip(), as_float("Lora weights", weight)))
     return loras
 
 
 def _read_loras(values: Mapping[str, Any], key: str, source: Source) -> dict[str, Any]:
-    return {"loras": _a1111_loras(values.get(key, ""), source.lora_files)}
+    """The LoRAs of ``Lora weights`` without the performance mode's own (Fooocus lists it too)."""
+    loras = without_performance_lora(_a1111_loras(values.get(key, "")), values.get("Performance"))
+    return {"loras": [LoraSpec(name=resolve(name, source.lora_files), weight=weight) for name, weight in loras]}
 
 
 # Codecs the field table names (``Meta.codec``) for this scheme.

@@ -41,12 +41,14 @@ from foci.records.metadata.values import (
     resolve,
     stem,
     version_label,
+    without_performance_lora,
 )
 from foci.task import GenerationTask, LoraSpec
 
 
 def _fooocus_loras(data: Mapping[str, Any], lora_files: list[str]) -> list[LoraSpec]:
-    """LoRAs from ``loras`` ([stem, weight, hash] rows), else from the ``lora_combined_N`` strings."""
+    """LoRAs from ``loras`` ([stem, weight, hash] rows), else from the ``lora_combined_N`` strings (the file names
+    in log.html's JSON); without the performance mode's own LoRA, which Fooocus lists too."""
     pairs: list[tuple[str, float]] = []
     if "loras" in data:
         rows = data["loras"]
@@ -66,6 +68,7 @@ def _fooocus_loras(data: Mapping[str, Any], lora_files: list[str]) -> list[LoraS
             if not separator:
                 raise fail(key, f"expected 'name : weight', got {data[key]!r}")
             pairs.append((name, as_float(key, weight)))
+    pairs = without_performance_lora(pairs, data.get("performance"))
     return [LoraSpec(name=resolve(name, lora_files), weight=weight) for name, weight in pairs if name]
 
 

@@ -10,6 +10,7 @@ from pathlib import PurePath
 
 from pydantic import BaseModel, ConfigDict
 
+from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError
 from foci.task import GenerationTask
 
 METADATA_SCHEMES: tuple[str, ...] = ("fooocus", "a1111")
@@ -171,3 +172,17 @@ def optional_model(field: str, value: object, candidates: Iterable[str], none_la
     if not text or text in none_labels:
         return None
     return resolve(text, candidates)
+
+
+def without_performance_lora(loras: list[tuple[str, float]], performance: object) -> list[tuple[str, float]]:
+    """``loras`` without the LoRA of the recorded ``performance`` mode (Fooocus writes it after the user's LoRAs;
+    the mode adds it again, so it is not a user LoRA). Matched by file stem, whatever the weight, as Fooocus's
+    reader does; an unknown or missing mode drops nothing."""
+    try:
+        mode = PERFORMANCE_MODES[Performance.parse(performance)] if isinstance(performance, str) else None
+    except PerformanceError:
+        mode = None
+    if mode is None or mode.lora is None:
+        return loras
+    speed_lora = stem(mode.lora[0])
+    return [(name, weight) for name, weight in loras if stem(name) != speed_lora]
