@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from foci.records.metadata.table import (
@@ -24,6 +24,7 @@ from foci.records.metadata.table import (
     VAE,
     Codec,
     Pairs,
+    Reader,
     Source,
     if_refiner,
     model_pairs,
@@ -52,7 +53,8 @@ from foci.records.style_recovery import extract_styles_from_prompt
 from foci.task import SAMPLERS, GenerationTask, LoraSpec
 from foci.text.styles import StyleLibrary
 
-# Foci sampler → the name AUTOMATIC1111 shows; None where A1111 has no equivalent (the Foci name is written).
+# Foci sampler → the A1111 name Fooocus writes (and its reader maps back); None where Fooocus has none: the Foci
+# name is written then, which Fooocus reads as is (so DPM++ 3M SDE is written as dpmpp_3m_sde, as Fooocus does).
 A1111_SAMPLER_NAMES: dict[str, str | None] = {
     "euler": "Euler",
     "euler_ancestral": "Euler a",
@@ -69,8 +71,8 @@ A1111_SAMPLER_NAMES: dict[str, str | None] = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_sde": "DPM++ 2M SDE",
     "dpmpp_2m_sde_gpu": "DPM++ 2M SDE",
-    "dpmpp_3m_sde": "DPM++ 3M SDE",
-    "dpmpp_3m_sde_gpu": "DPM++ 3M SDE",
+    "dpmpp_3m_sde": None,
+    "dpmpp_3m_sde_gpu": None,
     "ddpm": None,
     "lcm": "LCM",
     "tcd": "TCD",
@@ -79,8 +81,9 @@ A1111_SAMPLER_NAMES: dict[str, str | None] = {
     "uni_pc": "UniPC",
     "uni_pc_bh2": None,
 }
-# A1111 name → Foci sampler. Where two share a name the ``_gpu`` variant (Fooocus's default) wins.
-_SAMPLER_FROM_A1111: dict[str, str] = {}
+# A1111 name → Foci sampler. Where two share a name the ``_gpu`` variant (Fooocus's default) wins. Also read:
+# AUTOMATIC1111's names Fooocus does not write (and earlier Foci versions wrote).
+_SAMPLER_FROM_A1111: dict[str, str] = {"DPM++ 3M SDE": "dpmpp_3m_sde_gpu"}
 for _foci_name, _a1111_name in A1111_SAMPLER_NAMES.items():
     if _a1111_name is not None and (_a1111_name not in _SAMPLER_FROM_A1111 or _foci_name.endswith("_gpu")):
         _SAMPLER_FROM_A1111[_a1111_name] = _foci_name
@@ -105,7 +108,8 @@ _A1111_SCHEDULE_TYPES: dict[str, str] = {
 # The a1111 parameter line, in this order (a key not listed goes before "Lora hashes").
 A1111_KEY_ORDER: tuple[str, ...] = (
     "Steps", "Sampler", "Foci sampler", "Seed", "Size", "CFG scale", "Sharpness", "ADM Guidance", "Model",
-    "Model hash", "Performance", "Scheduler", "VAE", "Raw prompt", "Raw negative prompt", "Styles", "Refiner",
+    "Model hash", "Performance", "Scheduler", "VAE", "Raw prompt", "Raw negative prompt", "Foci prompt",
+    "Foci negative prompt", "Styles", "Refiner",
     "Refiner hash", "Refiner switch at", "Adaptive CFG", "Clip skip", "Overwrite Switch", "Refiner Swap Method",
     "FreeU", "SAG scale", "Perp-Neg scale", "Precision", "Lora hashes", "Lora weights", "Version",
 )
@@ -209,6 +213,26 @@ def _read_scheduler(values: Mapping[str, Any], key: str, source: Source) -> dict
     return {"scheduler": "karras"} if _a1111_sampler(values)[1] else {}
 
 
+def _raw_prompt(logged: Callable[[ImageRecord], str | None], typed: Callable[[ImageRecord], str],
+                foci_key: str) -> Callable[[ImageRecord, str], Pairs]:
+    """A writer of the prompt as Fooocus logs it (after wildcards and arrays, without ``<lora:>`` tags: Fooocus's
+    reader takes it as the prompt and infers Fooocus V2 when the written items differ from it) and, under
+    ``foci_key``, the prompt as typed when that differs (Foci restores it, so wildcards draw the same again)."""
+    def pairs(record: ImageRecord, key: str) -> Pairs:
+        text = typed(record)
+        shown = logged(record)
+        if shown is None or shown == text:
+            return [(key, text)]
+        return [(key, shown), (foci_key, text)]
+    return pairs
+
+
+def _read_raw_prompt(field: str, foci_key: str, fallback: Callable[[Source], str]) -> Reader:
+    def read(values: Mapping[str, Any], key: str, source: Source) -> dict[str, Any]:
+        return {field: values.get(foci_key, values.get(key, fallback(source)))}
+    return read
+
+
 def _read_styles_or_recover(values: Mapping[str, Any], key: str, source: Source) -> dict[str, Any]:
     """``Styles`` when written (by Foci); else, as in files of Fooocus or AUTOMATIC1111, the styles un-wrapped
     from the prompt texts, which also gives the real prompts."""
@@ -251,9 +275,13 @@ A1111_CODECS: Mapping[str, Codec] = {
     "effective_steps": EFFECTIVE_STEPS,
     "seed": Codec(write=value(lambda record: record.seed)),
     "size": Codec(write=size_text("x"), read=read_size),
-    "raw_prompt": Codec(read=lambda values, key, source: {"prompt": values.get(key, source.positive)}),
-    "raw_negative_prompt": Codec(read=lambda values, key, source: {"negative_prompt": values.get(key,
-                                                                                                 source.negative)}),
+    "raw_prompt": Codec(write=_raw_prompt(lambda record: record.logged_prompt, lambda record: record.task.prompt,
+                                          "Foci prompt"),
+                        read=_read_raw_prompt("prompt", "Foci prompt", lambda source: source.positive)),
+    "raw_negative_prompt": Codec(write=_raw_prompt(lambda record: record.logged_negative_prompt,
+                                                   lambda record: record.task.negative_prompt, "Foci negative prompt"),
+                                 read=_read_raw_prompt("negative_prompt", "Foci negative prompt",
+                                                       lambda source: source.negative)),
     "styles": Codec(write=styles_text, read=_read_styles_or_recover),
     "sampler": Codec(write=_sampler_pairs, read=_read_sampler),
     "scheduler": Codec(read=_read_scheduler),

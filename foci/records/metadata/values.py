@@ -34,6 +34,11 @@ class ImageRecord(BaseModel):
     positive_items: list[str]
     negative_items: list[str]
     prompt_expansion: str = ""
+    logged_prompt: str | None = None
+    """The positive text as Fooocus logs it: after wildcards and arrays, without ``<lora:>`` tags, extra lines
+    joined by newlines (None: the task's prompt)."""
+    logged_negative_prompt: str | None = None
+    """The negative text after wildcards, as Fooocus logs it (None: the task's negative prompt)."""
     base_model_name: str
     base_model_hash: str = ""
     refiner_model_name: str | None = None
