@@ -288,6 +288,16 @@ def test_fooocus_does_not_invent_fooocus_v2_for_processed_prompts(prompt: str) -
     assert restore(text).prompt == prompt  # Foci keeps the prompt as typed
 
 
+@pytest.mark.parametrize(("line", "sampler"), [
+    ("Sampler: DPM++ 3M SDE Karras, Foci sampler: dpmpp_3m_sde, Scheduler: karras", "dpmpp_3m_sde"),
+    ("Sampler: DPM++ 3M SDE Karras, Scheduler: karras", "dpmpp_3m_sde_gpu"),  # earlier Foci versions, A1111
+    ("Sampler: dpmpp_3m_sde_gpu, Scheduler: karras", "dpmpp_3m_sde_gpu"),  # Fooocus and Foci now
+])
+def test_3m_sde_labels_old_and_new_are_read(line: str, sampler: str) -> None:
+    task = restore(f"a cat\nSteps: 30, {line}, Seed: 1, Size: 1152x896")
+    assert (task.sampler, task.scheduler) == (sampler, "karras")
+
+
 def test_foci_a1111_text_keeps_fooocus_v2_detectable() -> None:
     task = a1111_task(styles=["Fooocus V2"], loras=[])
     read = fooocus_reads_a1111(to_a1111_text(record_for(task)))

@@ -6,8 +6,10 @@ Foci extensions to Fooocus's layout (all ignored by Fooocus's reader): ``Styles`
 styles need not be guessed back from the prompt; without it, as in files written by Fooocus or AUTOMATIC1111,
 :func:`extract_styles_from_prompt` recovers them), ``Refiner switch at`` (A1111's own key) when a refiner is set,
 ``Foci sampler`` when the A1111 sampler name is shared by two Foci samplers (e.g. ``dpmpp_2m_sde`` and
-``dpmpp_2m_sde_gpu``), ``Precision`` when not ``auto``, ``SAG scale`` / ``Perp-Neg scale`` when non-zero.
-Values that start with ``"`` are quoted as well, so a quoted prompt survives the round trip.
+``dpmpp_2m_sde_gpu``), ``Foci prompt`` / ``Foci negative prompt`` (the prompt as typed, when it differs from
+``Raw prompt``, which holds it as Fooocus logs it: wildcards and arrays resolved, ``<lora:>`` tags removed),
+``Precision`` when not ``auto``, ``SAG scale`` / ``Perp-Neg scale`` when non-zero. Values that start with ``"`` are
+quoted as well, so a quoted prompt survives the round trip. Fooocus's reader has no key for the refiner switch.
 """
 
 from __future__ import annotations
