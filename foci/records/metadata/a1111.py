@@ -21,6 +21,7 @@ from typing import Any
 
 from foci.records.metadata.table import (
     ADM,
+    DIRECTIONS,
     EFFECTIVE_STEPS,
     FREEU,
     VAE,
@@ -294,6 +295,7 @@ A1111_CODECS: Mapping[str, Codec] = {
     "refiner_switch": Codec(write=if_refiner(lambda record: record.task.refiner_switch)),
     "vae": VAE,
     "loras": Codec(write=_loras_pairs, read=_read_loras),
+    "directions": DIRECTIONS,
 }
 
 

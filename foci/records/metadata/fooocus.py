@@ -13,6 +13,7 @@ from typing import Any
 
 from foci.records.metadata.table import (
     ADM,
+    DIRECTIONS,
     EFFECTIVE_STEPS,
     FREEU,
     VAE,
@@ -96,6 +97,7 @@ FOOOCUS_CODECS: Mapping[str, Codec] = {
                      read=read_refiner),
     "vae": VAE,
     "loras": Codec(write=_loras_pairs, read=_read_loras),
+    "directions": DIRECTIONS,
 }
 
 

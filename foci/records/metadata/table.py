@@ -15,6 +15,7 @@ from foci.records.metadata.values import (
     DEFAULT_VAE_LABEL,
     NO_MODEL_LABEL,
     ImageRecord,
+    as_bool,
     as_float,
     as_int,
     as_numbers,
@@ -154,10 +155,23 @@ def size_text(separator: str | None) -> Callable[[ImageRecord, str], Pairs]:
                  else f"{record.width}{separator}{record.height}")
 
 
+def _directions_text(record: ImageRecord, key: str) -> Pairs:
+    directions = getattr(record.task, "outpaint", None)
+    return [(key, ", ".join(directions))] if directions else []
+
+
+def _read_directions(values: Mapping[str, Any], key: str, source: Source) -> dict[str, Any]:
+    if key not in values:
+        return {}
+    names = values[key] if isinstance(values[key], list) else str(values[key]).split(",")
+    return {"outpaint": [str(name).strip().capitalize() for name in names if str(name).strip()]}
+
+
 EFFECTIVE_STEPS = Codec(write=value(lambda record: record.task.effective_steps))
 ADM = Codec(write=_adm_pairs, read=_read_adm)
 FREEU = Codec(write=_freeu_pairs, read=_read_freeu)
 VAE = Codec(write=value(vae_label), read=_read_vae)
+DIRECTIONS = Codec(write=_directions_text, read=_read_directions)
 
 
 # --------------------------------------------------------------------------------------------- the loops
@@ -187,7 +201,8 @@ def write_scheme(scheme: str, codecs: Mapping[str, Codec], record: ImageRecord) 
     return pairs
 
 
-_PLAIN_READERS: Mapping[type | None, Callable[[str, object], Any]] = {int: as_int, float: as_float, str: as_text}
+_PLAIN_READERS: Mapping[type | None, Callable[[str, object], Any]] = {
+    int: as_int, float: as_float, str: as_text, bool: as_bool}
 
 
 def read_scheme(scheme: str, codecs: Mapping[str, Codec], values: Mapping[str, Any], source: Source, *,

@@ -119,6 +119,16 @@ def as_float(field: str, value: object) -> float:
     raise fail(field, f"expected a number, got {value!r}")
 
 
+def as_bool(field: str, value: object) -> bool:
+    """A boolean, or its text ``True`` / ``False`` (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "false"):
+        return text == "true"
+    raise fail(field, f"expected True or False, got {value!r}")
+
+
 def as_numbers(field: str, value: object, count: int) -> list[float]:
     """``"(1.5, 0.8, 0.3)"`` or a list of ``count`` numbers."""
     if isinstance(value, str):
