@@ -34,6 +34,9 @@ class ImageConditioning:
     positive: EncodedPrompt
     negative: EncodedPrompt
     empty: EncodedPrompt | None = None
+    logged_prompt: str | None = None
+    """The positive text as Fooocus logs it (see :attr:`foci.text.prompt_plan.ImagePrompts.log_positive`)."""
+    logged_negative_prompt: str | None = None
 
 
 def encode_image_prompts(task: GenerationTask, encoder: PromptEncoder, prompts: ImagePrompts) -> ImageConditioning:
@@ -45,7 +48,8 @@ def encode_image_prompts(task: GenerationTask, encoder: PromptEncoder, prompts: 
     else:
         negative = encoder.encode(plan.negative, plan.negative_top_k)
     empty = encoder.encode([""], 1) if task.perp_neg_scale > 0 else None
-    return ImageConditioning(prompts.seed, plan, positive, negative, empty)
+    return ImageConditioning(prompts.seed, plan, positive, negative, empty, logged_prompt=prompts.log_positive,
+                             logged_negative_prompt=prompts.log_negative)
 
 
 def base_stage(task: GenerationTask, base: LoadedModel, sampling: ModelSampling, image: ImageConditioning,

@@ -100,7 +100,8 @@ def image_record(task: GenerationTask, base: LoadedModel, refiner: LoadedModel |
     return ImageRecord(
         task=task, seed=image.seed, width=size[0], height=size[1],
         positive_items=list(image.prompts.positive), negative_items=list(image.prompts.negative),
-        prompt_expansion=image.prompts.expansion,
+        prompt_expansion=image.prompts.expansion, logged_prompt=image.logged_prompt,
+        logged_negative_prompt=image.logged_negative_prompt,
         base_model_name=base.path.name, base_model_hash=digest(base.path),
         refiner_model_name=refiner.path.name if refiner else None,
         refiner_model_hash=digest(refiner.path) if refiner else "",

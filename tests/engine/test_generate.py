@@ -41,12 +41,16 @@ def test_two_images_with_consecutive_seeds_and_metadata(engine: Engine, tiny_che
 
 
 def test_a1111_scheme_round_trips(engine: Engine, tiny_checkpoint: Path) -> None:
-    task = tiny_task(tiny_checkpoint, metadata_scheme="a1111", output_format="jpeg", seed=3)
+    task = tiny_task(tiny_checkpoint, metadata_scheme="a1111", output_format="jpeg", seed=3,
+                     prompt="a [[red,blue]] cat")
     (result,) = engine.generate(task)
     scheme, payload = read_metadata(result.path)
     assert scheme == "a1111"
     assert isinstance(payload, str) and "Seed: 3" in payload
-    assert task_from_metadata(payload, scheme).seed == 3
+    # Raw prompt as Fooocus logs it (arrays resolved); the typed prompt under Foci's own key.
+    assert "Raw prompt: a red cat, " in payload and 'Foci prompt: "a [[red,blue]] cat"' in payload
+    restored = task_from_metadata(payload, scheme)
+    assert (restored.seed, restored.prompt) == (3, "a [[red,blue]] cat")
 
 
 def test_same_seed_gives_identical_bytes(tiny_models_dir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
