@@ -310,20 +310,18 @@ def _pin_model(engine, name: str, sha256: str | None) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from foci.apps.serve import DEFAULT_PORT, ScaleOptions, build_service, serve
-    from foci.files.downloads import DownloadError, required_files
+    from foci.apps.serve import DEFAULT_PORT, ScaleOptions, build_service, predownload, serve, startup_files
 
     settings, root = _load_settings(args)
     engine = _engine(args, settings, root)
     preset = Path(args.preset).stem if args.preset else "default"
     if not args.no_download:
-        try:  # like Fooocus's launcher: fetch what the preset needs before the first Generate
-            needed = required_files(preset, catalogue=engine.catalogue)
-            engine.downloader.ensure(needed, engine.folders, engine.catalogue)
-        except DownloadError as error:
-            print(f"foci: warning: {_download_warning(error, engine, needed)}", file=sys.stderr)
+        try:  # like Fooocus's launcher: fetch every missing file the preset and config need before serving
+            report = predownload(engine, startup_files(settings, preset, engine.catalogue))
         except ValueError as error:
-            print(f"foci: warning: {error}", file=sys.stderr)
+            report = str(error)
+        if report is not None:
+            print(f"foci: warning: {report}", file=sys.stderr)
     host = args.listen
     engines = [engine]
     for device in _device_list(args.devices)[1:]:  # one engine (and worker) per further device
@@ -336,20 +334,6 @@ def _run_serve(args: argparse.Namespace) -> int:
                             scale=ScaleOptions(args.queue, args.ray, args.ray_cpu_workers))
     serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
     return 0
-
-
-def _download_warning(error: Exception, engine, names: list[str]) -> str:
-    """The start-up line for a failed download: advice when there is no connection at all."""
-    from foci.files.download_hints import download_failure_message
-    from foci.files.downloads import load_catalogue
-
-    catalogue = engine.catalogue if engine.catalogue is not None else load_catalogue()
-    failed = next((catalogue[name] for name in names if name in catalogue and catalogue[name].name in str(error)),
-                  None)
-    if failed is None:
-        return str(error)
-    return download_failure_message(error, url=engine.downloader.resolve_url(failed.url),
-                                    file_name=failed.file_name, folder=engine.folders.download_folder(failed.folder))
 
 
 def _device_list(devices: str | None) -> list[str]:
