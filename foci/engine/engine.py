@@ -25,7 +25,7 @@ from foci.engine.loaded import LoadedModel
 from foci.engine.outcomes import GeneratedImage, GenerationError, GenerationInterrupted, ProgressEvent
 from foci.engine.recipe import TaskRun, run_image
 from foci.files.download_hints import download_failure_message
-from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
+from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, DownloadProgress, load_catalogue
 from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
 from foci.models.checkpoint import CorruptFileError, load_checkpoint
@@ -85,6 +85,7 @@ class Engine:
     features: tuple[type[Feature], ...] = FEATURES  # the optional steps a task may switch on, in hook order
     _roles: dict[str, tuple] = field(default_factory=dict, repr=False)
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
+    _download_listener: Callable[[DownloadProgress], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
@@ -140,7 +141,7 @@ class Engine:
         if entry is not None and self.downloader is not None:
             folder = self.folders.download_folder(kind)
             try:
-                return self.downloader.fetch(entry, folder)
+                return self.downloader.fetch(entry, folder, progress=self._download_listener)
             except DownloadError as error:
                 raise GenerationError(download_failure_message(
                     error, url=self.downloader.resolve_url(entry.url), file_name=entry.file_name,
@@ -249,7 +250,8 @@ class Engine:
                        if (f / "pytorch_model.bin").is_file() or (f / "model.safetensors").is_file()), None)
         if folder is None and self.downloader is not None:
             try:
-                self.downloader.ensure(list(EXPANSION_FILES), self.folders, self.catalogue)
+                self.downloader.ensure(list(EXPANSION_FILES), self.folders, self.catalogue,
+                                       progress=self._download_listener)
             except DownloadError as error:
                 raise GenerationError(str(error)) from error
         folder = folder or self.folders.download_folder("prompt_expansion")
@@ -281,12 +283,21 @@ class Engine:
     # ------------------------------------------------------------------------------------ generation
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, debug_dump: Path | None = None,
-                 save: bool = True) -> list[GeneratedImage]:
+                 save: bool = True, on_download: Callable[[DownloadProgress], None] | None = None
+                 ) -> list[GeneratedImage]:
         """Run one task: ``image_number`` images with seeds seed, seed+1, … (§2.23).
 
         ``interrupt()`` is polled every step; returning ``"skip"`` abandons the current image, ``"stop"`` the
-        whole task. ``debug_dump`` writes the tensors a bug report needs (see README).
+        whole task. ``debug_dump`` writes the tensors a bug report needs (see README). ``on_download`` gets the
+        progress of every model file the task downloads.
         """
+        if on_download is not None and self._download_listener is None:
+            self._download_listener = on_download
+            try:
+                return self.generate(task, on_progress=on_progress, interrupt=interrupt, debug_dump=debug_dump,
+                                     save=save)
+            finally:
+                self._download_listener = None
         plan = self.plan(task)
         task, performance_loras = apply_performance(task)
         task = self.without_unavailable_expansion(task, plan)
