@@ -685,6 +685,10 @@ class FociUI:
     def _event_update(self, event: JobEvent, images: list[JobImage]) -> list[Any] | None:
         if event.kind == "started":
             return self._running_updates(progress=progress_html(0, "Starting…"))
+        if event.kind == "progress" and event.progress is not None and event.progress.download is not None:
+            download = event.progress.download  # a model file the job needs: its bytes, not sampling steps
+            share = 100.0 * download.downloaded_bytes / download.total_bytes if download.total_bytes else 0.0
+            return self._running_updates(progress=progress_html(share, download.describe()))
         if event.kind == "progress" and event.progress is not None:
             step = event.progress
             text = (f"Sampling step {step.step}/{step.total_steps}, image {step.image_index + 1}/{step.image_count}"

@@ -495,3 +495,67 @@ def test_controls_come_from_the_field_table(tmp_path: Path, tiny_checkpoint: Pat
         ui.make_task(values | {"performance": "Turbo"}, random=False)
     with pytest.raises(UIError, match="styles: "):
         ui.make_task(values | {"styles": ["No Such Style"]}, random=False)
+
+
+@needs_chromium
+def test_progress_shows_a_model_download(browser: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Issue 16.3: while a job downloads its checkpoint (from a slow loopback mirror), the progress area says
+    which file and how many bytes of how many."""
+    import hashlib
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from foci.files.download_hints import human_bytes
+    from foci.files.downloads import CatalogueEntry, Downloader
+    from tests.http_fixtures import Fault, FileServer
+
+    data = tiny_checkpoint.read_bytes()
+    name = "slow-base.safetensors"
+    with FileServer({"/slow.safetensors": data}) as mirror:
+        mirror.fail_next("/slow.safetensors", Fault(pace=0.008))
+        entry = CatalogueEntry(name=name, url=mirror.url("/slow.safetensors"), folder="checkpoints", size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), licence="test")
+        engine = Engine(models_dir=tmp_path / "models", output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                        downloader=Downloader(environ={}), catalogue={name: entry})
+        store, bus = JobStore(tmp_path / "jobs.sqlite3"), EventBus()
+        worker = Worker(store, engine, bus, poll_interval=0.05, progress_interval=0.1)
+        blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=FociSettings(),
+                          output_dir=engine.output_dir, defaults={**_defaults(tiny_checkpoint), "base_model": name},
+                          root=tmp_path)
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(mount_ui(FastAPI(), blocks), host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        worker.start()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            _wait_for(lambda: server.started, 30, "uvicorn")
+            context.set_default_timeout(TIMEOUT_MS)
+            tab = context.new_page()
+            tab.goto(f"http://127.0.0.1:{port}/")
+            tab.locator("#foci-generate").wait_for(state="visible")
+            tab.evaluate("""() => {
+                window.fociTexts = [];
+                new MutationObserver(() => {
+                    const text = document.querySelector('#foci-progress .foci-progress-text');
+                    if (text) window.fociTexts.push(text.textContent);
+                }).observe(document.body, {subtree: true, childList: true, characterData: true});
+            }""")
+            tab.locator("#foci-prompt textarea").fill("a downloaded cat")
+            tab.locator("#foci-generate").click()
+            shown = tab.get_by_text(f"Downloading {name} … ").first
+            shown.wait_for()
+            assert f" / {human_bytes(len(data))}" in shown.inner_text()
+            tab.get_by_text("Finished: 1 image").first.wait_for()
+            texts = tab.evaluate("window.fociTexts")
+            downloading = [text for text in texts if text.startswith(f"Downloading {name} … ")]
+            assert len(set(downloading)) >= 2, texts  # the byte count moves
+            assert any(text.startswith("Sampling step") for text in texts), texts
+        finally:
+            context.close()
+            server.should_exit = True
+            thread.join(10)
+            worker.stop(timeout=30)
+    assert (tmp_path / "models" / "checkpoints" / name).read_bytes() == data
