@@ -235,6 +235,8 @@ def _run_prompt(args: argparse.Namespace) -> int:
 def _run_styles(args: argparse.Namespace) -> int:
     from foci.text.styles import StyleLibrary
 
+    if args.styles_command == "import":
+        return _import_styles(Path(args.folder), Path(args.to), overwrite=args.overwrite)
     library = StyleLibrary.load([Path.cwd() / "styles"])
     for message in library.warnings:
         print(f"foci: warning: {message}", file=sys.stderr)
@@ -245,6 +247,32 @@ def _run_styles(args: argparse.Namespace) -> int:
     style = library.get(args.name)
     print(f"name: {style.name}\nprompt: {style.prompt}\nnegative_prompt: {style.negative_prompt}")
     return 0
+
+
+def _import_styles(source: Path, target: Path, *, overwrite: bool) -> int:
+    """``foci styles import DIR``: a Fooocus install's style files (the user's own copy) into the user styles
+    folder, validated, with counts."""
+    from foci.text.styles import StyleError, StyleLibrary, import_style_files
+
+    try:
+        result = import_style_files(source, target, overwrite=overwrite)
+    except StyleError as error:
+        raise CliError(str(error)) from None
+    for name, count in result.copied.items():
+        print(f"imported {name} ({count} styles)")
+    for name in result.unchanged:
+        print(f"unchanged {name} (already there)")
+    for name in result.kept:
+        print(f"foci: warning: {target / name} exists and differs: kept (--overwrite replaces it)", file=sys.stderr)
+    for name, why in result.refused.items():
+        print(f"foci: warning: skipped {name}: {why}", file=sys.stderr)
+    shipped = set(StyleLibrary.load().template_names())
+    names = list(dict.fromkeys(result.style_names))
+    overriding = sum(name in shipped for name in names)
+    print(f"{len(result.copied)} file(s) imported into {target}: {len(names)} styles, {len(names) - overriding} new, "
+          f"{overriding} replacing Foci's own of the same name; {len(result.refused)} file(s) skipped as invalid, "
+          f"{len(result.kept)} kept")
+    return 1 if result.refused or result.kept else 0
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -393,11 +421,16 @@ def build_parser(model: type[GenerationTask] = GenerationTask) -> argparse.Argum
     _add_prompt_options(prompt, model)
     _add_settings_options(prompt)
     _add_download_options(prompt)
-    styles = sub.add_parser("styles", help="list styles or show one")
+    styles = sub.add_parser("styles", help="list, show or import styles")
     styles_sub = styles.add_subparsers(dest="styles_command", required=True)
     styles_sub.add_parser("list", help="all style names")
     show = styles_sub.add_parser("show", help="one style's templates")
     show.add_argument("name")
+    importer = styles_sub.add_parser("import", help="copy a Fooocus install's sdxl_styles/*.json (your own copy) "
+                                     "into the user styles folder")
+    importer.add_argument("folder", help="the Fooocus folder, or its sdxl_styles folder")
+    importer.add_argument("--to", default="styles", help="user styles folder (default ./styles)")
+    importer.add_argument("--overwrite", action="store_true", help="replace differing files of the same name")
     models = sub.add_parser("models", help="list, download or verify model files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     for name, text in (("list", "model files found, by kind"), ("download", "download catalogue files"),

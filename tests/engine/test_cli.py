@@ -205,3 +205,44 @@ def test_readme_offline_tiny_path_runs_verbatim(tmp_path: Path) -> None:
     assert len(pictures) == 2 and all(p.is_file() and p.suffix == ".png" for p in pictures)
     warnings = outputs[1].stderr
     assert "prompt expansion (Fooocus V2) skipped" in warnings and "LoRA sd_xl_offset_example" in warnings
+
+
+def test_styles_import_copies_valid_fooocus_style_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16.5: `foci styles import DIR` (synthetic styles, written here)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    styles = tmp_path / "Fooocus" / "sdxl_styles"
+    (styles / "samples").mkdir(parents=True)
+    mine = [{"name": "test-glow", "prompt": "glowing {prompt}", "negative_prompt": "dull"},
+            {"name": "Test Mist", "prompt": "{prompt} in mist"},
+            {"name": "Fooocus Sharp", "prompt": "my sharp {prompt}"}]
+    (styles / "my_styles.json").write_text(json.dumps(mine))
+    (styles / "broken.json").write_text("[{not json")
+    (styles / "wrong.json").write_text(json.dumps({"name": "not a list"}))
+    (styles / "samples" / "ignored.json").write_text("[]")
+
+    code, out, err = run_cli(["styles", "import", str(tmp_path / "Fooocus")], capsys)
+    assert code == 1  # some files were refused
+    assert "imported my_styles.json (3 styles)" in out
+    assert "1 file(s) imported into styles: 3 styles, 2 new, 1 replacing Foci's own of the same name; " \
+           "2 file(s) skipped as invalid, 0 kept" in out
+    assert "skipped broken.json: cannot read style file" in err and "skipped wrong.json" in err
+    assert json.loads((tmp_path / "styles" / "my_styles.json").read_text()) == mine
+    assert sorted(p.name for p in (tmp_path / "styles").iterdir()) == ["my_styles.json"]
+    listed = run_cli(["styles", "list"], capsys)[1].splitlines()
+    assert "Test Glow" in listed and "Test Mist" in listed
+    assert "prompt: my sharp {prompt}" in run_cli(["styles", "show", "Fooocus Sharp"], capsys)[1]
+
+    (styles / "broken.json").unlink()
+    (styles / "wrong.json").unlink()
+    code, out, _ = run_cli(["styles", "import", str(styles)], capsys)  # the sdxl_styles folder itself, again
+    assert code == 0 and "unchanged my_styles.json" in out
+    (tmp_path / "styles" / "my_styles.json").write_text("[]")
+    code, _, err = run_cli(["styles", "import", str(styles)], capsys)
+    assert code == 1 and "exists and differs: kept" in err
+    assert (tmp_path / "styles" / "my_styles.json").read_text() == "[]"  # nothing lost
+    assert run_cli(["styles", "import", str(styles), "--overwrite"], capsys)[0] == 0
+    code, _, err = run_cli(["styles", "import", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "no style files" in err
