@@ -746,8 +746,10 @@ class FociUI:
         values = values_from_task(task, lora_rows=self.lora_rows)
         known = set(self.styles.names())
         unknown = [name for name in values["styles"] if name not in known]
-        if unknown:
-            gr.Warning(f"unknown styles ignored: {', '.join(unknown)}")
+        if unknown:  # e.g. Fooocus's own styles: name them, and how to get them, rather than drop them silently
+            gr.Warning(f"{len(unknown)} style(s) of these parameters are unknown to Foci and were left out: "
+                       f"{', '.join(unknown)}. To use Fooocus's styles, import your Fooocus install's style files "
+                       "with `foci styles import FOOOCUS_FOLDER` and restart.")
         values["styles"] = [name for name in values["styles"] if name in known]
         lock = self._load_lock(values)
         updates = self._updates(values, lock)

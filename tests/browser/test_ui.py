@@ -257,6 +257,24 @@ def test_pasted_metadata_restores_the_controls(page: Any, live_ui: LiveUI, tiny_
 
 
 @needs_chromium
+def test_pasted_fooocus_metadata_lists_the_styles_foci_does_not_know(page: Any, live_ui: LiveUI) -> None:
+    """Issue 16.5: Fooocus's own style names are named in a warning with the way to import them, not dropped
+    silently."""
+    import json
+
+    payload = {"prompt": "a gothic cat", "negative_prompt": "", "styles": "['Fooocus V2', 'SAI Anime', 'Misc Gothic']",
+               "seed": "5", "steps": 2, "resolution": "(64, 64)", "guidance_scale": 4, "sharpness": 2,
+               "sampler": "dpmpp_2m", "scheduler": "karras", "performance": "Speed", "version": "Fooocus v2.5.5"}
+    page.locator("#foci-prompt textarea").fill(json.dumps(payload))
+    page.locator("#foci-load-parameters").click()
+    warning = page.get_by_text("unknown to Foci and were left out").first
+    warning.wait_for()
+    text = warning.inner_text()
+    assert "2 style(s)" in text and "SAI Anime, Misc Gothic" in text and "foci styles import" in text
+    assert page.locator("#foci-prompt textarea").input_value() == "a gothic cat"
+
+
+@needs_chromium
 def test_advanced_shows_the_tabs_and_bad_input_queues_nothing(page: Any, live_ui: LiveUI) -> None:
     assert not page.locator("#foci-right").is_visible()
     _open_advanced(page)
