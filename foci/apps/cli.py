@@ -300,11 +300,28 @@ def _run_models(args: argparse.Namespace) -> int:
             print(path)
         return 0
     cache = HashCache(engine.hash_cache.cache_file)
-    bad = 0
-    for path, status in verify_files(folders, engine.catalogue, cache, known=settings.model_sha256):
+    results = verify_files(folders, engine.catalogue, cache, known=settings.model_sha256)
+    for path, status in results:
         print(f"{status}\t{path}")
-        bad += status.startswith("corrupt")
-    return 1 if bad else 0
+    others = sum(len(folders.list_files(kind)) for kind in MODEL_KINDS) - len(results)
+    print(_verify_summary([status for _, status in results], others), file=sys.stderr)
+    return 1 if any(status.startswith("corrupt") for _, status in results) else 0
+
+
+def _verify_summary(statuses: list[str], others: int) -> str:
+    """The closing line of ``foci models verify``, also (above all) when every file is fine."""
+    unchecked = f"; {others} other file(s) are not in the catalogue and were not checked" if others > 0 else ""
+    if not statuses:
+        return f"no catalogue model file in the model folders{unchecked}"
+    corrupt = sum(status.startswith("corrupt") for status in statuses)
+    unknown = statuses.count("unknown hash")
+    if corrupt:
+        return f"{corrupt} of {len(statuses)} catalogue file(s) corrupt: replace them or delete them to download " \
+               f"again{unchecked}"
+    if unknown:
+        return f"no corrupt file among {len(statuses)} catalogue file(s): {len(statuses) - unknown} ok, {unknown} " \
+               f"without a reference hash (`foci models pin NAME` pins the present one){unchecked}"
+    return f"all {len(statuses)} catalogue file(s) ok{unchecked}"
 
 
 def _pin_model(engine, name: str, sha256: str | None) -> int:

@@ -28,7 +28,7 @@ from foci.files.download_hints import download_failure_message
 from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, DownloadProgress, load_catalogue
 from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
-from foci.models.checkpoint import CorruptFileError, load_checkpoint
+from foci.models.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, CorruptFileError, load_checkpoint
 from foci.models.lora import LoraPatcher
 from foci.models.manager import (
     ModelCache,
@@ -148,7 +148,17 @@ class Engine:
                     folder=folder)) from error
         folders = ", ".join(str(f) for f in self.folders.folders(kind))
         hint = f"; download it from {entry.url}" if entry is not None else ""
-        raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}")
+        raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}; "
+                              f"{self._available_text(kind)}")
+
+    def _available_text(self, kind: str, limit: int = 20) -> str:
+        """``available: a.safetensors, b.safetensors`` (the files of ``kind`` one could name instead)."""
+        files = [f.as_posix() for f in self.folders.list_files(kind)
+                 if kind != "checkpoints" or f.suffix in CHECKPOINT_SUFFIXES]
+        if not files:
+            return f"no {kind.replace('_', ' ')} there yet"
+        more = f" and {len(files) - limit} more" if len(files) > limit else ""
+        return f"available: {', '.join(files[:limit])}{more}"
 
     def _catalogue_entry(self, kind: str, file_name: str) -> CatalogueEntry | None:
         catalogue = self.catalogue if self.catalogue is not None else load_catalogue()
@@ -194,7 +204,11 @@ class Engine:
         return loaded
 
     def _corrupt_message(self, path: Path, error: Exception) -> str:
-        """A damaged file that the catalogue can fetch again is moved aside as ``*.corrupted`` (§2.21)."""
+        """A damaged file that the catalogue can fetch again is moved aside as ``*.corrupted`` (§2.21); a file
+        that is no model at all (a ``.txt``) is just named as such."""
+        if path.is_file() and path.suffix.lower() not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+            return (f"{path.name} is not a model file (a {path.suffix or 'suffix-less'} file): give an SDXL "
+                    f"checkpoint ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})")
         if self._catalogue_entry("checkpoints", path.name) is None:
             return f"{error}; the file is damaged: replace it"
         moved = mark_corrupted(path)
