@@ -271,7 +271,8 @@ def test_pasted_fooocus_metadata_lists_the_styles_foci_does_not_know(page: Any, 
     warning.wait_for()
     text = warning.inner_text()
     assert "2 style(s)" in text and "SAI Anime, Misc Gothic" in text and "foci styles import" in text
-    assert page.locator("#foci-prompt textarea").input_value() == "a gothic cat"
+    prompt = page.locator("#foci-prompt textarea")  # the toast comes while the handler runs, before its outputs
+    _wait_for(lambda: prompt.input_value() == "a gothic cat", message="the restored prompt")
 
 
 @needs_chromium
