@@ -33,6 +33,7 @@ class Fault:
     redirect: str | None = None  # answer 302 with this Location (a path on this server or a URL)
     content_range: str | None = None  # on a 206 answer, send this Content-Range header instead of the true one
     body: bytes | None = None  # answer 200 with these bytes instead of the file (e.g. an HTML error page)
+    pace: float = 0.0  # send the body in 64 KiB pieces, pausing this many seconds after each (a slow mirror)
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,12 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
                 headers["Content-Range"] = fault.content_range or f"bytes {start}-{end - 1}/{len(data)}"
             if fault.drop_after is not None:
                 body = body[:fault.drop_after]
-            self._reply(status, body, headers, send_body, content_length_set=True)
+            self._reply(status, body, headers, send_body, content_length_set=True, pace=fault.pace)
             if fault.hang:
                 state.stopping.wait(fault.hang)
 
         def _reply(self, status: int, body: bytes, headers: dict[str, str], send_body: bool,
-                   content_length_set: bool = False) -> None:
+                   content_length_set: bool = False, pace: float = 0.0) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
             if not content_length_set:
@@ -180,9 +181,13 @@ def _handler_for(state: _State) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, value)
             self.end_headers()
             if send_body and body:
+                piece = 64 << 10 if pace else max(len(body), 1)
                 try:
-                    self.wfile.write(body)
-                    self.wfile.flush()
+                    for start in range(0, len(body), piece):
+                        self.wfile.write(body[start:start + piece])
+                        self.wfile.flush()
+                        if pace and state.stopping.wait(pace):
+                            break
                 except (BrokenPipeError, ConnectionResetError):
                     pass
             self.close_connection = True

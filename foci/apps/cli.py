@@ -275,6 +275,8 @@ def _run_prompt(args: argparse.Namespace) -> int:
 def _run_styles(args: argparse.Namespace) -> int:
     from foci.text.styles import StyleLibrary
 
+    if args.styles_command == "import":
+        return _import_styles(Path(args.folder), Path(args.to), overwrite=args.overwrite)
     library = StyleLibrary.load([Path.cwd() / "styles"])
     for message in library.warnings:
         print(f"foci: warning: {message}", file=sys.stderr)
@@ -285,6 +287,32 @@ def _run_styles(args: argparse.Namespace) -> int:
     style = library.get(args.name)
     print(f"name: {style.name}\nprompt: {style.prompt}\nnegative_prompt: {style.negative_prompt}")
     return 0
+
+
+def _import_styles(source: Path, target: Path, *, overwrite: bool) -> int:
+    """``foci styles import DIR``: a Fooocus install's style files (the user's own copy) into the user styles
+    folder, validated, with counts."""
+    from foci.text.styles import StyleError, StyleLibrary, import_style_files
+
+    try:
+        result = import_style_files(source, target, overwrite=overwrite)
+    except StyleError as error:
+        raise CliError(str(error)) from None
+    for name, count in result.copied.items():
+        print(f"imported {name} ({count} styles)")
+    for name in result.unchanged:
+        print(f"unchanged {name} (already there)")
+    for name in result.kept:
+        print(f"foci: warning: {target / name} exists and differs: kept (--overwrite replaces it)", file=sys.stderr)
+    for name, why in result.refused.items():
+        print(f"foci: warning: skipped {name}: {why}", file=sys.stderr)
+    shipped = set(StyleLibrary.load().template_names())
+    names = list(dict.fromkeys(result.style_names))
+    overriding = sum(name in shipped for name in names)
+    print(f"{len(result.copied)} file(s) imported into {target}: {len(names)} styles, {len(names) - overriding} new, "
+          f"{overriding} replacing Foci's own of the same name; {len(result.refused)} file(s) skipped as invalid, "
+          f"{len(result.kept)} kept")
+    return 1 if result.refused or result.kept else 0
 
 
 def _run_models(args: argparse.Namespace) -> int:
@@ -312,11 +340,28 @@ def _run_models(args: argparse.Namespace) -> int:
             print(path)
         return 0
     cache = HashCache(engine.hash_cache.cache_file)
-    bad = 0
-    for path, status in verify_files(folders, engine.catalogue, cache, known=settings.model_sha256):
+    results = verify_files(folders, engine.catalogue, cache, known=settings.model_sha256)
+    for path, status in results:
         print(f"{status}\t{path}")
-        bad += status.startswith("corrupt")
-    return 1 if bad else 0
+    others = sum(len(folders.list_files(kind)) for kind in MODEL_KINDS) - len(results)
+    print(_verify_summary([status for _, status in results], others), file=sys.stderr)
+    return 1 if any(status.startswith("corrupt") for _, status in results) else 0
+
+
+def _verify_summary(statuses: list[str], others: int) -> str:
+    """The closing line of ``foci models verify``, also (above all) when every file is fine."""
+    unchecked = f"; {others} other file(s) are not in the catalogue and were not checked" if others > 0 else ""
+    if not statuses:
+        return f"no catalogue model file in the model folders{unchecked}"
+    corrupt = sum(status.startswith("corrupt") for status in statuses)
+    unknown = statuses.count("unknown hash")
+    if corrupt:
+        return f"{corrupt} of {len(statuses)} catalogue file(s) corrupt: replace them or delete them to download " \
+               f"again{unchecked}"
+    if unknown:
+        return f"no corrupt file among {len(statuses)} catalogue file(s): {len(statuses) - unknown} ok, {unknown} " \
+               f"without a reference hash (`foci models pin NAME` pins the present one){unchecked}"
+    return f"all {len(statuses)} catalogue file(s) ok{unchecked}"
 
 
 def _pin_model(engine, name: str, sha256: str | None) -> int:
@@ -350,20 +395,18 @@ def _pin_model(engine, name: str, sha256: str | None) -> int:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from foci.apps.serve import DEFAULT_PORT, ScaleOptions, build_service, serve
-    from foci.files.downloads import DownloadError, required_files
+    from foci.apps.serve import DEFAULT_PORT, ScaleOptions, build_service, predownload, serve, startup_files
 
     settings, root = _load_settings(args)
     engine = _engine(args, settings, root)
     preset = Path(args.preset).stem if args.preset else "default"
     if not args.no_download:
-        try:  # like Fooocus's launcher: fetch what the preset needs before the first Generate
-            needed = required_files(preset, catalogue=engine.catalogue)
-            engine.downloader.ensure(needed, engine.folders, engine.catalogue)
-        except DownloadError as error:
-            print(f"foci: warning: {_download_warning(error, engine, needed)}", file=sys.stderr)
+        try:  # like Fooocus's launcher: fetch every missing file the preset and config need before serving
+            report = predownload(engine, startup_files(settings, preset, engine.catalogue))
         except ValueError as error:
-            print(f"foci: warning: {error}", file=sys.stderr)
+            report = str(error)
+        if report is not None:
+            print(f"foci: warning: {report}", file=sys.stderr)
     host = args.listen
     engines = [engine]
     for device in _device_list(args.devices)[1:]:  # one engine (and worker) per further device
@@ -376,20 +419,6 @@ def _run_serve(args: argparse.Namespace) -> int:
                             scale=ScaleOptions(args.queue, args.ray, args.ray_cpu_workers))
     serve(service, host=host, port=args.port or DEFAULT_PORT, open_browser=not args.no_browser)
     return 0
-
-
-def _download_warning(error: Exception, engine, names: list[str]) -> str:
-    """The start-up line for a failed download: advice when there is no connection at all."""
-    from foci.files.download_hints import download_failure_message
-    from foci.files.downloads import load_catalogue
-
-    catalogue = engine.catalogue if engine.catalogue is not None else load_catalogue()
-    failed = next((catalogue[name] for name in names if name in catalogue and catalogue[name].name in str(error)),
-                  None)
-    if failed is None:
-        return str(error)
-    return download_failure_message(error, url=engine.downloader.resolve_url(failed.url),
-                                    file_name=failed.file_name, folder=engine.folders.download_folder(failed.folder))
 
 
 def _device_list(devices: str | None) -> list[str]:
@@ -449,11 +478,16 @@ def build_parser(model: type[GenerationTask] = GenerationTask) -> argparse.Argum
     _add_prompt_options(prompt, model)
     _add_settings_options(prompt)
     _add_download_options(prompt)
-    styles = sub.add_parser("styles", help="list styles or show one")
+    styles = sub.add_parser("styles", help="list, show or import styles")
     styles_sub = styles.add_subparsers(dest="styles_command", required=True)
     styles_sub.add_parser("list", help="all style names")
     show = styles_sub.add_parser("show", help="one style's templates")
     show.add_argument("name")
+    importer = styles_sub.add_parser("import", help="copy a Fooocus install's sdxl_styles/*.json (your own copy) "
+                                     "into the user styles folder")
+    importer.add_argument("folder", help="the Fooocus folder, or its sdxl_styles folder")
+    importer.add_argument("--to", default="styles", help="user styles folder (default ./styles)")
+    importer.add_argument("--overwrite", action="store_true", help="replace differing files of the same name")
     models = sub.add_parser("models", help="list, download or verify model files")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     for name, text in (("list", "model files found, by kind"), ("download", "download catalogue files"),

@@ -21,6 +21,8 @@ from fastapi import FastAPI
 from foci.apps.api import create_app
 from foci.apps.webui import build_ui, mount_ui
 from foci.engine.engine import Engine
+from foci.files.download_hints import startup_download_report
+from foci.files.downloads import PRESETS, CatalogueEntry, load_catalogue, required_files
 from foci.service.auth import DEFAULT_AUTH_FILE, AuthConfig
 from foci.service.events import EventBus
 from foci.service.pool import WorkerPool
@@ -90,6 +92,35 @@ class EngineCopy:
 
         downloader = Downloader(**self.download) if self.download is not None else None
         return Engine(downloader=downloader, **self.fields)
+
+
+def startup_files(settings: FociSettings, preset: str | None,
+                  catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[str]:
+    """Catalogue names to fetch before serving, like Fooocus's launcher: what ``preset`` needs (checkpoint,
+    LoRAs, expansion, previews) plus the configured default checkpoint, refiner, VAE and LoRAs the catalogue
+    knows. A present ``previous_default_models`` entry stands in for a missing default checkpoint (§1.12)."""
+    catalogue = load_catalogue() if catalogue is None else catalogue
+    names = required_files(preset, catalogue=catalogue) if preset in PRESETS else []
+    by_file = {entry.file_name: name for name, entry in catalogue.items()}
+    wanted = [settings.default_model, settings.default_refiner, settings.default_vae,
+              *(slot.name for slot in settings.default_loras if slot.enabled)]
+    for file_name in wanted:
+        name = by_file.get(file_name or "", file_name if file_name in catalogue else None)
+        if name is not None and name not in names:
+            names.append(name)
+    if settings.effective_default_model() != settings.default_model:
+        names = [name for name in names if catalogue[name].folder != "checkpoints"
+                 or catalogue[name].file_name != settings.default_model]
+    return names
+
+
+def predownload(engine: Engine, names: Sequence[str]) -> str | None:
+    """Fetch every missing file of ``names`` (a failure does not stop the others); None when all are in place,
+    else one report of every failure with what to do."""
+    if engine.downloader is None:
+        return None
+    failures = engine.downloader.fetch_missing(names, engine.folders, engine.catalogue)
+    return startup_download_report(failures, offline=engine.downloader.offline) if failures else None
 
 
 def build_service(*, settings: FociSettings, engines: Sequence[Engine], root: Path, listen_host: str = "127.0.0.1",

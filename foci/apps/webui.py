@@ -685,6 +685,10 @@ class FociUI:
     def _event_update(self, event: JobEvent, images: list[JobImage]) -> list[Any] | None:
         if event.kind == "started":
             return self._running_updates(progress=progress_html(0, "Starting…"))
+        if event.kind == "progress" and event.progress is not None and event.progress.download is not None:
+            download = event.progress.download  # a model file the job needs: its bytes, not sampling steps
+            share = 100.0 * download.downloaded_bytes / download.total_bytes if download.total_bytes else 0.0
+            return self._running_updates(progress=progress_html(share, download.describe()))
         if event.kind == "progress" and event.progress is not None:
             step = event.progress
             text = (f"Sampling step {step.step}/{step.total_steps}, image {step.image_index + 1}/{step.image_count}"
@@ -742,8 +746,10 @@ class FociUI:
         values = values_from_task(task, lora_rows=self.lora_rows)
         known = set(self.styles.names())
         unknown = [name for name in values["styles"] if name not in known]
-        if unknown:
-            gr.Warning(f"unknown styles ignored: {', '.join(unknown)}")
+        if unknown:  # e.g. Fooocus's own styles: name them, and how to get them, rather than drop them silently
+            gr.Warning(f"{len(unknown)} style(s) of these parameters are unknown to Foci and were left out: "
+                       f"{', '.join(unknown)}. To use Fooocus's styles, import your Fooocus install's style files "
+                       "with `foci styles import FOOOCUS_FOLDER` and restart.")
         values["styles"] = [name for name in values["styles"] if name in known]
         lock = self._load_lock(values)
         updates = self._updates(values, lock)

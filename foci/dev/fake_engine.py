@@ -53,7 +53,8 @@ class FakeEngine:
         return InputImageStore(Path(self.output_dir) / "inputs")
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[Any], None] | None = None,
-                 interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list[SimpleNamespace]:
+                 interrupt: Callable[[], str | None] | None = None, save: bool = True,
+                 on_download: Callable[[Any], None] | None = None) -> list[SimpleNamespace]:
         self._hold(task)
         seeds = task.image_seeds()
         results = []

@@ -29,14 +29,14 @@ from foci.engine.outcomes import GeneratedImage, GenerationError, GenerationInte
 from foci.engine.output import save_picture
 from foci.engine.recipe import TaskRun, run_image
 from foci.files.download_hints import download_failure_message
-from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, load_catalogue
+from foci.files.downloads import CatalogueEntry, Downloader, DownloadError, DownloadProgress, load_catalogue
 from foci.files.folders import SETTING_KEYS, ModelFolders, ModelFoldersError, check_model_name
 from foci.files.hash_cache import HashCache, mark_corrupted
 from foci.files.input_images import InputImageStore
 from foci.imaging.inpaint_head import InpaintHead, InpaintHeadError, load_inpaint_head
 from foci.imaging.masks import image_to_rgb, mask_image_to_rgb
 from foci.imaging.upscaler import Upscaler, UpscalerError, load_upscaler
-from foci.models.checkpoint import CorruptFileError, load_checkpoint
+from foci.models.checkpoint import PICKLE_SUFFIXES, SAFETENSORS_SUFFIXES, CorruptFileError, load_checkpoint
 from foci.models.lora import LoraPatcher
 from foci.models.manager import (
     ModelCache,
@@ -107,6 +107,7 @@ class Engine:
     _expansion: tuple[Path, PromptExpansion] | None = field(default=None, repr=False)
     _upscaler: tuple[tuple, Upscaler] | None = field(default=None, repr=False)
     _inpaint_head: tuple[Path, InpaintHead] | None = field(default=None, repr=False)
+    _download_listener: Callable[[DownloadProgress], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.models_dir = Path(self.models_dir)
@@ -167,14 +168,24 @@ class Engine:
         if entry is not None and self.downloader is not None:
             folder = self.folders.download_folder(kind)
             try:
-                return self.downloader.fetch(entry, folder)
+                return self.downloader.fetch(entry, folder, progress=self._download_listener)
             except DownloadError as error:
                 raise GenerationError(download_failure_message(
                     error, url=self.downloader.resolve_url(entry.url), file_name=entry.file_name,
                     folder=folder)) from error
         folders = ", ".join(str(f) for f in self.folders.folders(kind))
         hint = f"; download it from {entry.url}" if entry is not None else ""
-        raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}")
+        raise GenerationError(f"{what} {name!r} not found (looked for a file path, then in {folders}){hint}; "
+                              f"{self._available_text(kind)}")
+
+    def _available_text(self, kind: str, limit: int = 20) -> str:
+        """``available: a.safetensors, b.safetensors`` (the files of ``kind`` one could name instead)."""
+        files = [f.as_posix() for f in self.folders.list_files(kind)
+                 if kind != "checkpoints" or f.suffix in CHECKPOINT_SUFFIXES]
+        if not files:
+            return f"no {kind.replace('_', ' ')} there yet"
+        more = f" and {len(files) - limit} more" if len(files) > limit else ""
+        return f"available: {', '.join(files[:limit])}{more}"
 
     def _catalogue_entry(self, kind: str, file_name: str) -> CatalogueEntry | None:
         catalogue = self.catalogue if self.catalogue is not None else load_catalogue()
@@ -220,7 +231,11 @@ class Engine:
         return loaded
 
     def _corrupt_message(self, path: Path, error: Exception) -> str:
-        """A damaged file that the catalogue can fetch again is moved aside as ``*.corrupted`` (§2.21)."""
+        """A damaged file that the catalogue can fetch again is moved aside as ``*.corrupted`` (§2.21); a file
+        that is no model at all (a ``.txt``) is just named as such."""
+        if path.is_file() and path.suffix.lower() not in SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES:
+            return (f"{path.name} is not a model file (a {path.suffix or 'suffix-less'} file): give an SDXL "
+                    f"checkpoint ({', '.join(SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES)})")
         if self._catalogue_entry("checkpoints", path.name) is None:
             return f"{error}; the file is damaged: replace it"
         moved = mark_corrupted(path)
@@ -276,7 +291,8 @@ class Engine:
                        if (f / "pytorch_model.bin").is_file() or (f / "model.safetensors").is_file()), None)
         if folder is None and self.downloader is not None:
             try:
-                self.downloader.ensure(list(EXPANSION_FILES), self.folders, self.catalogue)
+                self.downloader.ensure(list(EXPANSION_FILES), self.folders, self.catalogue,
+                                       progress=self._download_listener)
             except DownloadError as error:
                 raise GenerationError(str(error)) from error
         folder = folder or self.folders.download_folder("prompt_expansion")
@@ -308,12 +324,21 @@ class Engine:
     # ------------------------------------------------------------------------------------ generation
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, debug_dump: Path | None = None,
-                 save: bool = True) -> list[GeneratedImage]:
+                 save: bool = True, on_download: Callable[[DownloadProgress], None] | None = None
+                 ) -> list[GeneratedImage]:
         """Run one task: ``image_number`` images with seeds seed, seed+1, … (§2.23).
 
         ``interrupt()`` is polled every step; returning ``"skip"`` abandons the current image, ``"stop"`` the
-        whole task. ``debug_dump`` writes the tensors a bug report needs (see README).
+        whole task. ``debug_dump`` writes the tensors a bug report needs (see README). ``on_download`` gets the
+        progress of every model file the task downloads.
         """
+        if on_download is not None and self._download_listener is None:
+            self._download_listener = on_download
+            try:
+                return self.generate(task, on_progress=on_progress, interrupt=interrupt, debug_dump=debug_dump,
+                                     save=save)
+            finally:
+                self._download_listener = None
         plan = self.plan(task)
         task, performance_loras = apply_performance(task)
         features = tuple(feature for feature in self.features if feature.wanted(task))

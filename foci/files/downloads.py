@@ -9,6 +9,11 @@ announces another total), retries transient failures with exponential backoff, c
 (:mod:`foci.models.content`) and only then moves the file into place with `os.replace`, so a model path never
 holds a partial or unverified file.
 
+Every connect and every read waits at most `timeout` seconds, and a file that receives no byte for
+`stall_timeout` seconds, retries and their waits included, fails: a mirror that accepts connections but never
+answers costs at most :data:`DEFAULT_STALL_TIMEOUT` seconds per file. Progress reports carry the bytes done, the
+total, the speed and an ETA.
+
 The expected SHA-256 of a file is the first of: the config's `model_sha256`, the catalogue's `sha256`, and the
 pin in the hash cache (`foci models pin`, or the hash seen on the file's first download: trust on first use).
 """
@@ -67,6 +72,11 @@ FEATURE_FILES: Mapping[str, tuple[str, ...]] = {
     "sam_vit_l": ("sam_vit_l_0b3195.pth", "groundingdino_swint_ogc.pth"),
     "sam_vit_h": ("sam_vit_h_4b8939.pth", "groundingdino_swint_ogc.pth"),
 }
+
+DEFAULT_TIMEOUT = 15.0
+"""Seconds one connect or one read may wait."""
+DEFAULT_STALL_TIMEOUT = 30.0
+"""Seconds a file may go without receiving a byte, retries and their waits included, before it fails."""
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -210,12 +220,19 @@ def feature_files(feature: str) -> list[str]:
 
 @dataclass
 class DownloadProgress:
-    """One progress report. `downloaded` only goes back (to 0) when a server ignores a resume request."""
+    """One progress report. `downloaded` only goes back (to 0) when a server ignores a resume request.
+
+    `bytes_per_second` (since this download started) and `eta_seconds` are None until they can be estimated."""
 
     name: str
     downloaded: int
     total: int | None
     done: bool
+    bytes_per_second: float | None = None
+    eta_seconds: float | None = None
+
+
+ProgressCallback = Callable[[DownloadProgress], None]
 
 
 class _Transient(Exception):
@@ -235,16 +252,18 @@ class _PartState:
     digest: Any
     total: int | None = None
     served_by: str = ""
+    last_byte_at: float = 0.0  # time.monotonic() of the last byte received (or of the download's start)
+    rate_origin: tuple[float, int] | None = None  # (time, bytes) the speed is measured from
+    listener: ProgressCallback | None = None  # the caller's own progress callback, besides the downloader's
 
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 class Downloader:
     """Fetches catalogue files into model folders: resumable, retried, verified, atomic."""
 
-    def __init__(self, *, mirror: str | None = None, offline: bool = False, retries: int = 4, timeout: float = 30,
-                 backoff: float = 1.0, progress: ProgressCallback | None = None, chunk_size: int = 1 << 20,
+    def __init__(self, *, mirror: str | None = None, offline: bool = False, retries: int = 4,
+                 timeout: float = DEFAULT_TIMEOUT, stall_timeout: float = DEFAULT_STALL_TIMEOUT, backoff: float = 1.0,
+                 progress: ProgressCallback | None = None, chunk_size: int = 1 << 20,
                  environ: Mapping[str, str] | None = None, hash_cache: HashCache | None = None,
                  sleep: Callable[[float], None] = time.sleep, user_agent: str | None = None,
                  known_sha256: Mapping[str, str] | None = None, address_policy: AddressPolicy | None = None,
@@ -253,13 +272,14 @@ class Downloader:
         `HF_ENDPOINT` in `environ` (default: the process environment at construction). `mirrors` maps any other
         origin (e.g. `https://raw.githubusercontent.com`) to a replacement base URL; `FOCI_MIRRORS` in `environ`
         adds more as `ORIGIN=URL` pairs separated by spaces or commas. `retries` is the number of extra attempts
-        after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds.
+        after transient failures; the wait before retry k is `backoff * 2**(k-1)` seconds. `timeout` bounds each
+        connect and each read; a file that receives no byte for `stall_timeout` seconds (retries included) fails.
         `known_sha256` (catalogue name → SHA-256, the config's `model_sha256`) overrides the catalogue's hashes;
         `hash_cache` holds the pins (trust on first use). Redirects obey `address_policy` (default: public
         addresses only, plus the host of each catalogue URL and of the mirror).
         """
-        if retries < 0 or timeout <= 0 or backoff < 0 or chunk_size <= 0:
-            raise ValueError("Downloader: retries and backoff must be >= 0, timeout and chunk_size > 0")
+        if retries < 0 or timeout <= 0 or stall_timeout <= 0 or backoff < 0 or chunk_size <= 0:
+            raise ValueError("Downloader: retries and backoff must be >= 0, timeouts and chunk_size > 0")
         env = os.environ if environ is None else environ
         if mirror is None:
             mirror = env.get("HF_MIRROR") or env.get("HF_ENDPOINT") or None
@@ -272,6 +292,7 @@ class Downloader:
         self.offline = offline
         self.retries = retries
         self.timeout = timeout
+        self.stall_timeout = stall_timeout
         self.backoff = backoff
         self.progress = progress
         self.chunk_size = chunk_size
@@ -307,11 +328,12 @@ class Downloader:
             return pin.sha256, pin.source
         return None, ""
 
-    def fetch(self, entry: CatalogueEntry, folder: str | Path) -> Path:
+    def fetch(self, entry: CatalogueEntry, folder: str | Path, *, progress: ProgressCallback | None = None) -> Path:
         """Make `entry` present in `folder` and return its path; see the module docstring for the guarantees.
 
         An existing file of the right size (and SHA-256, when known) is returned without any network access;
         one that does not match is renamed `*.corrupted` and downloaded again (offline: a DownloadError).
+        `progress` gets this call's reports too (besides the downloader's own callback).
         """
         folder = Path(folder)
         final = folder / entry.file_name
@@ -319,7 +341,7 @@ class Downloader:
             if final.exists():
                 problem = self._existing_problem(entry, final)
                 if problem is None:
-                    self._emit(entry.name, final.stat().st_size, entry.size, True)
+                    self._emit_present(entry, final, progress)
                     return final
                 if self.offline:
                     raise DownloadError(f"offline: {final} is not the expected {entry.name} ({problem}); "
@@ -330,14 +352,15 @@ class Downloader:
                 logger.warning("%s: %s; moved to %s and downloading again", final, problem, moved.name)
             if self.offline:
                 raise DownloadError(offline_message([(entry, folder)], self))
-            return self._download(entry, final)
+            return self._download(entry, final, progress)
 
     def ensure(self, names: Sequence[str], folders: ModelFolders,
-               catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[Path]:
+               catalogue: Mapping[str, CatalogueEntry] | None = None, *,
+               progress: ProgressCallback | None = None) -> list[Path]:
         """Paths of the named catalogue files, downloading the missing ones into their kind's download folder.
 
         A file already in any folder of its kind is used where it is. Offline, every missing file is listed in
-        one DownloadError.
+        one DownloadError. The first failed download ends the call (:meth:`fetch_missing` tries every file).
         """
         catalogue = load_catalogue() if catalogue is None else catalogue
         entries = [_lookup(catalogue, name) for name in names]
@@ -349,13 +372,51 @@ class Downloader:
         for entry in entries:
             found = folders.find(entry.folder, entry.file_name)
             if found is not None and self._existing_problem(entry, found) is None:
-                self._emit(entry.name, found.stat().st_size, entry.size, True)
+                self._emit_present(entry, found, progress)
                 paths.append(found)
             else:
-                paths.append(self.fetch(entry, folders.download_folder(entry.folder)))
+                paths.append(self.fetch(entry, folders.download_folder(entry.folder), progress=progress))
         return paths
 
+    def fetch_missing(self, names: Sequence[str], folders: ModelFolders,
+                      catalogue: Mapping[str, CatalogueEntry] | None = None, *,
+                      progress: ProgressCallback | None = None) -> list[DownloadFailure]:
+        """Try every named file that is not in place (unlike :meth:`ensure`, a failure does not stop the others)
+        and return the failures. Once a host cannot be reached at all, its further files are not tried."""
+        from foci.files.download_hints import is_connection_failure
+
+        catalogue = load_catalogue() if catalogue is None else catalogue
+        failures: list[DownloadFailure] = []
+        dead_hosts: set[str] = set()
+        for entry in [_lookup(catalogue, name) for name in names]:
+            folder = folders.download_folder(entry.folder)
+            found = folders.find(entry.folder, entry.file_name)
+            if found is not None and self._existing_problem(entry, found) is None:
+                self._emit_present(entry, found, progress)
+                continue
+            url = self.resolve_url(entry.url)
+            host = urlsplit(url).netloc or url  # host[:port]
+            if self.offline:
+                error = DownloadError("offline: not downloaded")
+            elif host in dead_hosts:
+                error = DownloadError(f"not tried: {host} did not answer for an earlier file")
+            else:
+                try:
+                    self.fetch(entry, folder, progress=progress)
+                    continue
+                except DownloadError as failed:
+                    error = failed
+                    if is_connection_failure(failed):
+                        dead_hosts.add(host)
+            failures.append(DownloadFailure(entry, url, folder, error))
+        return failures
+
     # ------------------------------------------------------------------------------------------------ internals
+
+    def _attempt_timeout(self, state: _PartState) -> float:
+        """The socket timeout of the next attempt: `timeout`, or less when the stall budget is nearly spent."""
+        left = self.stall_timeout - (time.monotonic() - state.last_byte_at)
+        return max(min(self.timeout, left), 0.05)
 
     def _lock_for(self, path: Path) -> threading.Lock:
         with self._locks_guard:
@@ -378,15 +439,32 @@ class Downloader:
                 return f"sha256 {digest}, expected {expected} ({source})"
         return None
 
-    def _emit(self, name: str, downloaded: int, total: int | None, done: bool) -> None:
-        if self.progress is not None:
-            self.progress(DownloadProgress(name=name, downloaded=downloaded, total=total, done=done))
+    def _emit_present(self, entry: CatalogueEntry, path: Path, listener: ProgressCallback | None) -> None:
+        """Report a file that is already in place as done."""
+        self._emit(entry.name, path.stat().st_size, entry.size, True, _PartState(length=0, digest=None,
+                                                                                 listener=listener))
 
-    def _download(self, entry: CatalogueEntry, final: Path) -> Path:
+    def _emit(self, name: str, downloaded: int, total: int | None, done: bool, state: _PartState) -> None:
+        callbacks = [callback for callback in (self.progress, state.listener) if callback is not None]
+        if not callbacks:
+            return
+        now = time.monotonic()
+        if state.rate_origin is None or downloaded < state.rate_origin[1]:
+            state.rate_origin = (now, downloaded)  # the start, or a restart from zero
+        since, origin_bytes = state.rate_origin
+        speed = (downloaded - origin_bytes) / (now - since) if now - since >= 0.05 and downloaded > origin_bytes \
+            else None
+        eta = max(total - downloaded, 0) / speed if speed and total is not None and not done else None
+        event = DownloadProgress(name=name, downloaded=downloaded, total=total, done=done, bytes_per_second=speed,
+                                 eta_seconds=eta)
+        for callback in callbacks:
+            callback(event)
+
+    def _download(self, entry: CatalogueEntry, final: Path, listener: ProgressCallback | None = None) -> Path:
         final.parent.mkdir(parents=True, exist_ok=True)
         part = final.with_name(final.name + ".part")
         url = self.resolve_url(entry.url)
-        state = _PartState(length=-1, digest=None)
+        state = _PartState(length=-1, digest=None, last_byte_at=time.monotonic(), listener=listener)
         failures = 0
         while True:
             before = max(state.length, 0)
@@ -405,11 +483,13 @@ class Downloader:
                 if state.length > before:
                     failures = 0  # progress was made: the failure budget starts again
                 failures += 1
-                if failures > self.retries:
-                    kept = f" (the partial file {part} is kept for resuming)" if part.exists() else ""
-                    raise DownloadError(f"could not download {entry.name} from {url} after {failures} attempts: "
-                                        f"{exc}{kept}") from exc
                 delay = self.backoff * 2 ** (failures - 1)
+                silent = time.monotonic() - state.last_byte_at
+                if failures > self.retries or silent + delay >= self.stall_timeout:
+                    kept = f" (the partial file {part} is kept for resuming)" if part.exists() else ""
+                    stalled = f", no data for {silent:.0f} s" if failures <= self.retries else ""
+                    raise DownloadError(f"could not download {entry.name} from {url} after {failures} attempts"
+                                        f"{stalled}: {exc}{kept}") from exc
                 logger.warning("%s: %s; retry %d/%d in %.1f s", entry.name, exc, failures, self.retries, delay)
                 if delay > 0:
                     self._sleep(delay)
@@ -428,7 +508,8 @@ class Downloader:
             request.add_header("Range", f"bytes={offset}-")
         policy = self.address_policy.allowing(urlsplit(url).hostname or "", urlsplit(self.mirror or "").hostname or "")
         try:
-            response = open_url(request, policy, timeout=self.timeout, max_redirects=self.max_redirects)
+            response = open_url(request, policy, timeout=self._attempt_timeout(state),
+                                max_redirects=self.max_redirects)
         except AddressRefused as exc:
             raise DownloadError(f"refused to download {entry.name} from {url}: {exc}") from exc
         except urllib.error.HTTPError as exc:
@@ -451,7 +532,7 @@ class Downloader:
             if offset and status == 200:
                 logger.info("%s: server ignored the resume request; starting again from zero", entry.name)
                 offset, state.length, state.digest = 0, 0, hashlib.sha256()
-                self._emit(entry.name, 0, entry.size, False)
+                self._emit(entry.name, 0, entry.size, False, state)
             elif status == 206:
                 problem = _resume_problem(response, offset, entry.size or state.total)
                 if problem is not None:
@@ -479,7 +560,7 @@ class Downloader:
 
     def _stream(self, entry: CatalogueEntry, response: http.client.HTTPResponse, part: Path, offset: int,
                 total: int | None, state: _PartState) -> None:
-        self._emit(entry.name, offset, total, False)
+        self._emit(entry.name, offset, total, False, state)
         try:
             handle = open(part, "ab" if offset else "wb")  # noqa: SIM115 - closed in finally, writes checked
         except OSError as exc:
@@ -499,9 +580,10 @@ class Downloader:
                     raise DownloadError(f"cannot write {part}: {exc.strerror or exc}") from exc
                 state.digest.update(chunk)
                 state.length += len(chunk)
+                state.last_byte_at = time.monotonic()
                 if total is not None and state.length > total:
                     raise _Restart(f"server sent more than the {total} bytes announced")
-                self._emit(entry.name, state.length, total, False)
+                self._emit(entry.name, state.length, total, False, state)
             handle.flush()
             os.fsync(handle.fileno())
         finally:
@@ -535,7 +617,7 @@ class Downloader:
 
                 self.hash_cache.pin(entry.name, digest, FIRST_DOWNLOAD)
                 logger.info("%s: pinned sha256 %s (first download)", entry.name, digest)
-        self._emit(entry.name, state.length, state.length, True)
+        self._emit(entry.name, state.length, state.length, True, state)
         return final
 
     def _check_content(self, entry: CatalogueEntry, part: Path, source_url: str) -> None:
@@ -550,6 +632,16 @@ class Downloader:
                        "the download was deleted")
             logger.error("%s", message)
             raise DownloadError(message) from None
+
+
+@dataclass(frozen=True)
+class DownloadFailure:
+    """A file :meth:`Downloader.fetch_missing` could not make available: from where, to where, and why."""
+
+    entry: CatalogueEntry
+    url: str
+    folder: Path
+    error: DownloadError
 
 
 def missing_files(names: Sequence[str], folders: ModelFolders,

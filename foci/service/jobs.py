@@ -80,8 +80,35 @@ class JobImage(BaseModel):
     height: int
 
 
+class DownloadStatus(BaseModel):
+    """A model file the job is downloading before it can sample."""
+
+    file: str
+    downloaded_bytes: int
+    total_bytes: int | None = None
+    bytes_per_second: float | None = None
+    eta_seconds: float | None = None
+    done: bool = False
+
+    def describe(self) -> str:
+        """``Downloading FILE … 12.3 MB / 6.9 GB, 4.5 MB/s, about 25 min left``."""
+        from foci.files.download_hints import human_bytes
+
+        total = f" / {human_bytes(self.total_bytes)}" if self.total_bytes is not None else ""
+        text = f"Downloading {self.file} … {human_bytes(self.downloaded_bytes)}{total}"
+        if self.done:
+            return text + ", done"
+        if self.bytes_per_second:
+            text += f", {human_bytes(self.bytes_per_second)}/s"
+        if self.eta_seconds is not None:
+            eta = self.eta_seconds
+            text += f", about {eta:.0f} s left" if eta < 90 else f", about {eta / 60:.0f} min left"
+        return text
+
+
 class JobProgress(BaseModel):
-    """Where a running job is: overall percent, the current image and step, and an ETA."""
+    """Where a running job is: overall percent, the current image and step, and an ETA; ``download`` while it
+    downloads a model file (then step and total_steps are 0)."""
 
     percent: float
     step: int
@@ -90,6 +117,7 @@ class JobProgress(BaseModel):
     image_count: int
     eta_seconds: float | None = None
     message: str = ""
+    download: DownloadStatus | None = None
 
 
 class Job(BaseModel):

@@ -13,8 +13,9 @@ whose lease was lost (this worker was presumed dead and the job re-queued) is ab
 With ``affinity_wait`` the worker picks jobs by model affinity (:mod:`foci.service.routing`), letting a job
 wait at most that many seconds for a worker that holds its models.
 
-For each job it publishes ``started``, then ``progress`` (every step, with an ETA and, at most every
-``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
+For each job it publishes ``started``, then ``progress`` (while a model file downloads: its bytes, speed and ETA
+in ``progress.download``, at most every ``progress_interval`` seconds; then every step, with an ETA and, at most
+every ``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
 finished image and finally ``done``, ``failed`` or ``cancelled``. The webhook callable, if any, gets the final job.
 """
 
@@ -33,11 +34,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from foci.service.events import EventBus, EventKind, JobEvent
-from foci.service.jobs import Job, JobError, JobImage, JobProgress, UnknownJobError, WorkerInfo
+from foci.service.jobs import DownloadStatus, Job, JobError, JobImage, JobProgress, UnknownJobError, WorkerInfo
 from foci.service.routing import AffinityRouter
 
 if TYPE_CHECKING:
     from foci.engine.engine import ProgressEvent
+    from foci.files.downloads import DownloadProgress
     from foci.service.previews import PreviewRenderer
     from foci.service.queue import JobQueue
     from foci.task import GenerationTask
@@ -52,7 +54,8 @@ class EngineLike(Protocol):
     output_dir: Path
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
-                 interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list[Any]: ...
+                 interrupt: Callable[[], str | None] | None = None, save: bool = True,
+                 on_download: Callable[[DownloadProgress], None] | None = None) -> list[Any]: ...
 
 
 @dataclass
@@ -75,6 +78,7 @@ class _Run:
     shutdown: bool = False
     lost: bool = False  # the lease ran out: another worker may run the job now
     step_at: float | None = None
+    download_at: float = -math.inf
 
 
 def one_line_error(error: BaseException) -> str:
@@ -266,7 +270,8 @@ class Worker:
             self._publish(JobEvent.for_job(job, "started"))
             try:
                 results = self.engine.generate(job.task, on_progress=partial(self._on_progress, run),
-                                               interrupt=partial(self._interrupt, run), save=True)
+                                               interrupt=partial(self._interrupt, run), save=True,
+                                               on_download=partial(self._on_download, run))
             except Exception as error:  # noqa: BLE001 - any failure of a task ends that job, never the worker
                 if run.lost:
                     return self._abandon(job)
@@ -415,6 +420,24 @@ class Worker:
             run.preview_at = now
             preview = self._preview(event)
         self._publish(JobEvent.for_job(run.job, "progress", progress=progress, preview_png=preview))
+
+    def _on_download(self, run: _Run, event: DownloadProgress) -> None:
+        """A model file the job needs is downloading: a ``progress`` event with ``download`` set (throttled)."""
+        now = time.monotonic()
+        if not event.done and now - run.download_at < self.progress_interval:
+            return
+        run.download_at = now
+        try:
+            status = DownloadStatus(file=event.name, downloaded_bytes=event.downloaded, total_bytes=event.total,
+                                    bytes_per_second=event.bytes_per_second, eta_seconds=event.eta_seconds,
+                                    done=event.done)
+            progress = JobProgress(percent=0.0, step=0, total_steps=0, image_index=0,
+                                   image_count=run.job.task.image_number, message=status.describe(),
+                                   download=status)
+            self.store.set_progress(run.job.id, progress)
+            self._publish(JobEvent.for_job(run.job, "progress", progress=progress))
+        except Exception:  # noqa: BLE001 - a reporting problem must not fail the download
+            _log.warning("download progress for job %s failed", run.job.id, exc_info=True)
 
     def _preview(self, event: ProgressEvent) -> str | None:
         try:

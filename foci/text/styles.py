@@ -86,6 +86,50 @@ def _json_files(folder: Path) -> list[Path]:
                   key=lambda path: (path.name.casefold(), path.name))
 
 
+@dataclass(frozen=True)
+class StyleImport:
+    """What :func:`import_style_files` did: files copied (name → style count), left alone and refused."""
+
+    target: Path
+    copied: dict[str, int]
+    unchanged: list[str]
+    kept: list[str]  # a different file of that name was already in the target (copied only with overwrite)
+    refused: dict[str, str]  # file name → why (not JSON, not a list of styles, …)
+    style_names: list[str]
+
+
+def import_style_files(source: Path, target: Path, *, overwrite: bool = False) -> StyleImport:
+    """Copy the valid style files of a Fooocus install (``source`` or its ``sdxl_styles/``) into ``target``, the
+    user styles folder. Every ``*.json`` is validated first; a broken one is refused with the reason, an existing
+    different file of the same name is kept unless ``overwrite``. Raises :class:`StyleError` when ``source``
+    holds no style files."""
+    source = Path(source)
+    folder = source / "sdxl_styles" if (source / "sdxl_styles").is_dir() else source
+    files = _json_files(folder)
+    if not files:
+        raise StyleError(f"no style files (*.json) in {folder}: give a Fooocus folder or its sdxl_styles folder")
+    result = StyleImport(Path(target), {}, [], [], {}, [])
+    for path in files:
+        try:
+            styles = read_style_file(path)
+        except StyleError as error:
+            result.refused[path.name] = str(error)
+            continue
+        destination = Path(target) / path.name
+        data = path.read_bytes()
+        if destination.is_file() and destination.read_bytes() == data:
+            result.unchanged.append(path.name)
+        elif destination.exists() and not overwrite:
+            result.kept.append(path.name)
+            continue
+        else:
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(data)
+            result.copied[path.name] = len(styles)
+        result.style_names.extend(style.name for style in styles)
+    return result
+
+
 class StyleLibrary:
     """An ordered, immutable set of template styles plus the two special names."""
 

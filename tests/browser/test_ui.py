@@ -257,6 +257,25 @@ def test_pasted_metadata_restores_the_controls(page: Any, live_ui: LiveUI, tiny_
 
 
 @needs_chromium
+def test_pasted_fooocus_metadata_lists_the_styles_foci_does_not_know(page: Any, live_ui: LiveUI) -> None:
+    """Issue 16.5: Fooocus's own style names are named in a warning with the way to import them, not dropped
+    silently."""
+    import json
+
+    payload = {"prompt": "a gothic cat", "negative_prompt": "", "styles": "['Fooocus V2', 'SAI Anime', 'Misc Gothic']",
+               "seed": "5", "steps": 2, "resolution": "(64, 64)", "guidance_scale": 4, "sharpness": 2,
+               "sampler": "dpmpp_2m", "scheduler": "karras", "performance": "Speed", "version": "Fooocus v2.5.5"}
+    page.locator("#foci-prompt textarea").fill(json.dumps(payload))
+    page.locator("#foci-load-parameters").click()
+    warning = page.get_by_text("unknown to Foci and were left out").first
+    warning.wait_for()
+    text = warning.inner_text()
+    assert "2 style(s)" in text and "SAI Anime, Misc Gothic" in text and "foci styles import" in text
+    prompt = page.locator("#foci-prompt textarea")  # the toast comes while the handler runs, before its outputs
+    _wait_for(lambda: prompt.input_value() == "a gothic cat", message="the restored prompt")
+
+
+@needs_chromium
 def test_advanced_shows_the_tabs_and_bad_input_queues_nothing(page: Any, live_ui: LiveUI) -> None:
     assert not page.locator("#foci-right").is_visible()
     _open_advanced(page)
@@ -495,3 +514,67 @@ def test_controls_come_from_the_field_table(tmp_path: Path, tiny_checkpoint: Pat
         ui.make_task(values | {"performance": "Turbo"}, random=False)
     with pytest.raises(UIError, match="styles: "):
         ui.make_task(values | {"styles": ["No Such Style"]}, random=False)
+
+
+@needs_chromium
+def test_progress_shows_a_model_download(browser: Any, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Issue 16.3: while a job downloads its checkpoint (from a slow loopback mirror), the progress area says
+    which file and how many bytes of how many."""
+    import hashlib
+
+    import uvicorn
+    from fastapi import FastAPI
+
+    from foci.files.download_hints import human_bytes
+    from foci.files.downloads import CatalogueEntry, Downloader
+    from tests.http_fixtures import Fault, FileServer
+
+    data = tiny_checkpoint.read_bytes()
+    name = "slow-base.safetensors"
+    with FileServer({"/slow.safetensors": data}) as mirror:
+        mirror.fail_next("/slow.safetensors", Fault(pace=0.008))
+        entry = CatalogueEntry(name=name, url=mirror.url("/slow.safetensors"), folder="checkpoints", size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), licence="test")
+        engine = Engine(models_dir=tmp_path / "models", output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                        downloader=Downloader(environ={}), catalogue={name: entry})
+        store, bus = JobStore(tmp_path / "jobs.sqlite3"), EventBus()
+        worker = Worker(store, engine, bus, poll_interval=0.05, progress_interval=0.1)
+        blocks = build_ui(store=store, bus=bus, worker=worker, engine=engine, settings=FociSettings(),
+                          output_dir=engine.output_dir, defaults={**_defaults(tiny_checkpoint), "base_model": name},
+                          root=tmp_path)
+        port = _free_port()
+        server = uvicorn.Server(uvicorn.Config(mount_ui(FastAPI(), blocks), host="127.0.0.1", port=port,
+                                               log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        worker.start()
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        try:
+            _wait_for(lambda: server.started, 30, "uvicorn")
+            context.set_default_timeout(TIMEOUT_MS)
+            tab = context.new_page()
+            tab.goto(f"http://127.0.0.1:{port}/")
+            tab.locator("#foci-generate").wait_for(state="visible")
+            tab.evaluate("""() => {
+                window.fociTexts = [];
+                new MutationObserver(() => {
+                    const text = document.querySelector('#foci-progress .foci-progress-text');
+                    if (text) window.fociTexts.push(text.textContent);
+                }).observe(document.body, {subtree: true, childList: true, characterData: true});
+            }""")
+            tab.locator("#foci-prompt textarea").fill("a downloaded cat")
+            tab.locator("#foci-generate").click()
+            shown = tab.get_by_text(f"Downloading {name} … ").first
+            shown.wait_for()
+            assert f" / {human_bytes(len(data))}" in shown.inner_text()
+            tab.get_by_text("Finished: 1 image").first.wait_for()
+            texts = tab.evaluate("window.fociTexts")
+            downloading = [text for text in texts if text.startswith(f"Downloading {name} … ")]
+            assert len(set(downloading)) >= 2, texts  # the byte count moves
+            assert any(text.startswith("Sampling step") for text in texts), texts
+        finally:
+            context.close()
+            server.should_exit = True
+            thread.join(10)
+            worker.stop(timeout=30)
+    assert (tmp_path / "models" / "checkpoints" / name).read_bytes() == data

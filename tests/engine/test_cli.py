@@ -326,3 +326,94 @@ def test_help_lists_the_input_image_options(capsys: pytest.CaptureFixture[str]) 
                    "--inpaint-strength", "--inpaint-respective-field", "--mask-dilate", "(-64 to 64)",
                    "--invert-mask", "--inpaint-prompt", "--debug-inpaint"):
         assert option in text, option
+
+def test_styles_import_copies_valid_fooocus_style_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16.5: `foci styles import DIR` (synthetic styles, written here)."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    styles = tmp_path / "Fooocus" / "sdxl_styles"
+    (styles / "samples").mkdir(parents=True)
+    mine = [{"name": "test-glow", "prompt": "glowing {prompt}", "negative_prompt": "dull"},
+            {"name": "Test Mist", "prompt": "{prompt} in mist"},
+            {"name": "Fooocus Sharp", "prompt": "my sharp {prompt}"}]
+    (styles / "my_styles.json").write_text(json.dumps(mine))
+    (styles / "broken.json").write_text("[{not json")
+    (styles / "wrong.json").write_text(json.dumps({"name": "not a list"}))
+    (styles / "samples" / "ignored.json").write_text("[]")
+
+    code, out, err = run_cli(["styles", "import", str(tmp_path / "Fooocus")], capsys)
+    assert code == 1  # some files were refused
+    assert "imported my_styles.json (3 styles)" in out
+    assert "1 file(s) imported into styles: 3 styles, 2 new, 1 replacing Foci's own of the same name; " \
+           "2 file(s) skipped as invalid, 0 kept" in out
+    assert "skipped broken.json: cannot read style file" in err and "skipped wrong.json" in err
+    assert json.loads((tmp_path / "styles" / "my_styles.json").read_text()) == mine
+    assert sorted(p.name for p in (tmp_path / "styles").iterdir()) == ["my_styles.json"]
+    listed = run_cli(["styles", "list"], capsys)[1].splitlines()
+    assert "Test Glow" in listed and "Test Mist" in listed
+    assert "prompt: my sharp {prompt}" in run_cli(["styles", "show", "Fooocus Sharp"], capsys)[1]
+
+    (styles / "broken.json").unlink()
+    (styles / "wrong.json").unlink()
+    code, out, _ = run_cli(["styles", "import", str(styles)], capsys)  # the sdxl_styles folder itself, again
+    assert code == 0 and "unchanged my_styles.json" in out
+    (tmp_path / "styles" / "my_styles.json").write_text("[]")
+    code, _, err = run_cli(["styles", "import", str(styles)], capsys)
+    assert code == 1 and "exists and differs: kept" in err
+    assert (tmp_path / "styles" / "my_styles.json").read_text() == "[]"  # nothing lost
+    assert run_cli(["styles", "import", str(styles), "--overwrite"], capsys)[0] == 0
+    code, _, err = run_cli(["styles", "import", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "no style files" in err
+
+
+def test_models_verify_says_so_when_all_is_well(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16.7: a closing line also when nothing is wrong."""
+    import hashlib
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    data = b"upscaler weights"
+    entry = {"name": "w.pth", "url": "https://example.org/w.pth", "folder": "upscale_models", "size": len(data),
+             "sha256": hashlib.sha256(data).hexdigest(), "licence": "test"}
+    (tmp_path / "catalogue.json").write_text(json.dumps({"entries": [entry]}))
+    monkeypatch.setenv("FOCI_CATALOGUE", str(tmp_path / "catalogue.json"))
+    models = ["--models-dir", "models"]
+    code, out, err = run_cli(["models", "verify", *models], capsys)
+    assert (code, out) == (0, "") and err.strip() == "no catalogue model file in the model folders"
+    (tmp_path / "models" / "upscale_models").mkdir(parents=True)
+    (tmp_path / "models" / "upscale_models" / "w.pth").write_bytes(data)
+    (tmp_path / "models" / "checkpoints").mkdir()
+    (tmp_path / "models" / "checkpoints" / "mine.safetensors").write_bytes(b"x")
+    code, out, err = run_cli(["models", "verify", *models], capsys)
+    assert code == 0 and out.startswith("ok\t")
+    assert err.strip() == "all 1 catalogue file(s) ok; 1 other file(s) are not in the catalogue and were not checked"
+
+
+def test_a_text_file_as_model_is_named_as_such_and_a_missing_one_lists_the_checkpoints(
+        tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 16.7: a .txt is "not a model file" (not "damaged"); a missing checkpoint's message lists the others."""
+    import shutil
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my prompts\n")
+    common = ["--aspect", "64*64", "--steps", "2", "--styles", "", "--lora", "none", "--quiet", "--offline",
+              "--output-dir", str(tmp_path / "out"), "--models-dir", str(tmp_path / "models")]
+    code, _, err = run_cli(["generate", "a cat", "--model", str(notes), *common], capsys)
+    assert code == 2 and "damaged" not in err
+    assert err.strip() == "foci: error: notes.txt is not a model file (a .txt file): give an SDXL checkpoint " \
+                          "(.safetensors, .sft, .ckpt, .pt, .pth, .bin)"
+    assert notes.read_text() == "my prompts\n"  # left alone
+
+    code, _, err = run_cli(["generate", "a cat", "--model", "nope.safetensors", *common], capsys)
+    assert code == 2 and err.rstrip().endswith("; no checkpoints there yet"), err
+    checkpoints = tmp_path / "models" / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    shutil.copy(tiny_checkpoint, checkpoints / "a.safetensors")
+    (checkpoints / "sub").mkdir()
+    shutil.copy(tiny_checkpoint, checkpoints / "sub" / "b.safetensors")
+    (checkpoints / "put_checkpoints_here").write_text("")
+    code, _, err = run_cli(["generate", "a cat", "--model", "nope.safetensors", *common], capsys)
+    assert code == 2 and err.rstrip().endswith("; available: a.safetensors, sub/b.safetensors"), err

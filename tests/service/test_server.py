@@ -130,6 +130,59 @@ def test_foci_with_empty_models_downloads_the_default_preset_then_generates(tiny
                 process.kill()
 
 
+def _serve_until_banner(tmp_path: Path, argv: list[str], env: dict[str, str]) -> str:
+    """Start `foci` (serve) in tmp_path, return its output up to the "running at" banner, then stop it."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "foci.apps.cli", "--no-browser", "--port", str(port), *argv],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        banner = ""
+        while time.monotonic() < deadline and "running at" not in banner:
+            line = process.stdout.readline()
+            assert line or process.poll() is None, banner
+            banner += line
+        return banner
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_start_fetches_every_file_it_can_and_reports_all_failures_at_once(tiny_checkpoint: Path,
+                                                                           tmp_path: Path) -> None:
+    """Issue 16.3: the first failed file no longer stops the start-up download; the checkpoint is fetched at start
+    and every failure is listed with what to do."""
+    checkpoint = tiny_checkpoint.read_bytes()
+    served = {f"/lllyasviel/fav_models/resolve/main/fav/{DEFAULT_MODEL}": checkpoint}
+    entries = [  # the expansion files come first and are missing on the mirror (404)
+        {"name": "fooocus_expansion.bin", "url": "https://huggingface.co/lllyasviel/misc/resolve/main/f.bin",
+         "folder": "prompt_expansion", "size": 1234, "sha256": None, "licence": "test", "presets": ["always"],
+         "save_as": "pytorch_model.bin"},
+        {"name": OFFSET_LORA, "url": f"https://huggingface.co/x/resolve/main/{OFFSET_LORA}", "folder": "loras",
+         "size": None, "sha256": None, "licence": "test", "presets": ["default"]},
+        {"name": DEFAULT_MODEL, "url": "https://huggingface.co" + next(iter(served)), "folder": "checkpoints",
+         "size": len(checkpoint), "sha256": hashlib.sha256(checkpoint).hexdigest(), "licence": "test",
+         "presets": ["default"]},
+    ]
+    (tmp_path / "catalogue.json").write_text(json.dumps({"format": 1, "about": "test", "entries": entries}))
+    env = {key: value for key, value in os.environ.items() if key != "FOCI_OFFLINE"}
+    env |= {"PYTHONUNBUFFERED": "1", "FOCI_CATALOGUE": str(tmp_path / "catalogue.json")}
+    with FileServer(served) as mirror:
+        banner = _serve_until_banner(tmp_path, ["--hf-mirror", mirror.base_url, "--device", "cpu"], env)
+        requested = sorted(r.path for r in mirror.requests)
+    assert requested == sorted(["/lllyasviel/misc/resolve/main/f.bin", f"/x/resolve/main/{OFFSET_LORA}",
+                                *served]), banner
+    assert (tmp_path / "models" / "checkpoints" / DEFAULT_MODEL).read_bytes() == checkpoint
+    assert "2 model file(s) are missing" in banner, banner
+    expansion_folder = (tmp_path / "models" / "prompt_expansion" / "fooocus_expansion").as_posix()
+    assert "pytorch_model.bin (1.2 kB): HTTP 404" in banner and f"into {expansion_folder}/" in banner
+    assert f"{OFFSET_LORA}: HTTP 404" in banner and f"into {(tmp_path / 'models' / 'loras').as_posix()}/" in banner
+    assert "--hf-mirror" in banner and "--offline" in banner
+
+
 # ------------------------------------------------------------------------------- credentials on every route
 def _route_targets(app) -> list[tuple[str, str]]:
     """(method, path) of every HTTP route of the app and of the apps mounted in it, path parameters filled in."""
@@ -222,3 +275,18 @@ def test_every_route_takes_the_same_credentials(tiny_models_dir: Path, tmp_path:
         server.should_exit = True
         thread.join(20)
         service.close()
+
+
+def test_start_up_files_include_the_configured_default_checkpoint(tmp_path: Path) -> None:
+    from foci.apps.serve import startup_files
+    from foci.settings.config import FociSettings
+
+    settings = FociSettings(default_model="animaPencilXL_v500.safetensors", path_checkpoints=[tmp_path])
+    names = startup_files(settings, "default")
+    assert DEFAULT_MODEL in names and "animaPencilXL_v500.safetensors" in names and OFFSET_LORA in names
+    assert "fooocus_expansion_positive.txt" in names
+    (tmp_path / "mine.safetensors").write_bytes(b"x")  # a present previous default stands in for a missing one
+    settings = FociSettings(default_model="animaPencilXL_v500.safetensors", path_checkpoints=[tmp_path],
+                            previous_default_models=["mine.safetensors"])
+    assert "animaPencilXL_v500.safetensors" not in startup_files(settings, "anime")
+    assert startup_files(FociSettings(default_model=DEFAULT_MODEL), "my_own_preset") == [DEFAULT_MODEL]

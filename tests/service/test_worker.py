@@ -70,7 +70,8 @@ class FakeEngine:
         self._lock = threading.Lock()
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
-                 interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list[SimpleNamespace]:
+                 interrupt: Callable[[], str | None] | None = None, save: bool = True,
+                 on_download: Callable[[object], None] | None = None) -> list[SimpleNamespace]:
         with self._lock:
             self.prompts.append(task.prompt)
         if task.prompt.startswith("explode"):
@@ -112,7 +113,8 @@ class GatedEngine:
         self.gate = threading.Event()
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
-                 interrupt: Callable[[], str | None] | None = None, save: bool = True) -> list:
+                 interrupt: Callable[[], str | None] | None = None, save: bool = True,
+                 on_download: Callable[[object], None] | None = None) -> list:
         def progress(event: ProgressEvent) -> None:
             if on_progress is not None:
                 on_progress(event)
@@ -427,3 +429,43 @@ def test_sigkill_mid_queue_then_recovery_finishes_every_job_once(tiny_models_dir
     assert len(recorded) + len(orphans) == len(list(output.rglob("*.png")))
     assert all(owner in left_running for owner in orphans) and len(orphans) <= 1
     store.close()
+
+
+# ------------------------------------------------------------------------------------------ downloads
+def test_a_job_that_downloads_its_checkpoint_streams_download_progress(tmp_path: Path,
+                                                                        tiny_checkpoint: Path) -> None:
+    """Issue 16.3: while a job downloads a model file, its events carry the bytes, total, speed and ETA."""
+    import hashlib
+
+    from foci.files.download_hints import human_bytes
+    from foci.files.downloads import CatalogueEntry, Downloader
+    from tests.http_fixtures import Fault, FileServer
+
+    data = tiny_checkpoint.read_bytes()
+    name = "slow-base.safetensors"
+    with FileServer({"/slow.safetensors": data}) as mirror:
+        mirror.fail_next("/slow.safetensors", Fault(pace=0.002))
+        entry = CatalogueEntry(name=name, url=mirror.url("/slow.safetensors"), folder="checkpoints", size=len(data),
+                               sha256=hashlib.sha256(data).hexdigest(), licence="test")
+        engine = Engine(models_dir=tmp_path / "models", output_dir=tmp_path / "out", device="cpu", precision="fp32",
+                        downloader=Downloader(environ={}), catalogue={name: entry})
+        store, bus = JobStore(tmp_path / "jobs.sqlite3"), EventBus()
+        worker = Worker(store, engine, bus, progress_interval=0.05, previews=False)
+        job = store.submit(GenerationTask(prompt="a cat", base_model=name, styles=[], loras=[], steps=2,
+                                          aspect_ratio="64*64", seed=1, image_number=1))
+        with bus.subscribe(job.id) as events:
+            final = worker.run_once()
+            received = []
+            while (event := events.get_nowait()) is not None:
+                received.append(event)
+    assert final is not None and final.state is JobState.DONE, final
+    downloads = [e.progress for e in received if e.kind == "progress" and e.progress.download is not None]
+    assert len(downloads) >= 3
+    assert all(p.download.file == name and p.download.total_bytes == len(data) for p in downloads)
+    counts = [p.download.downloaded_bytes for p in downloads]
+    assert counts == sorted(counts) and downloads[-1].download.done and counts[-1] == len(data)
+    assert any(p.download.bytes_per_second and p.download.eta_seconds is not None for p in downloads)
+    assert downloads[0].message == f"Downloading {name} … 0 B / {human_bytes(len(data))}"
+    assert " MB / " in downloads[1].message and " MB/s, about " in downloads[1].message
+    steps = [e.progress for e in received if e.kind == "progress" and e.progress.download is None]
+    assert [p.step for p in steps] == [1, 2]  # sampling progress is unchanged

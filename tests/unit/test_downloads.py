@@ -681,3 +681,65 @@ def test_resume_after_a_drop_checks_the_total_the_server_announced_first(server,
     assert downloader(recorder).fetch(entry, tmp_path).read_bytes() == data
     ranges = [r.header("Range") for r in server.requests_for("/m.bin")]
     assert ranges == [None, "bytes=10000-", None]
+
+
+# ----------------------------------------------------------------------------------- bounded waits and progress
+
+
+@pytest.fixture()
+def silent_server():
+    """A loopback port that accepts connections (the kernel's backlog) and never answers a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_default_timeouts_bound_a_dead_mirror_to_30_seconds():
+    default = Downloader(environ={})
+    assert default.timeout <= default.stall_timeout <= 30
+
+
+def test_a_mirror_that_accepts_but_never_answers_fails_within_the_stall_timeout(silent_server, tmp_path):
+    data = payload(seed=30)
+    # many retries with real waits: only the stall budget can end this quickly
+    loader = Downloader(timeout=0.4, stall_timeout=1.5, retries=20, backoff=0.1, environ={})
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="no data for") as caught:
+        loader.fetch(entry_for(silent_server + "/m.bin", data), tmp_path)
+    elapsed = time.monotonic() - started
+    assert 1.0 < elapsed < 2.5, elapsed
+    assert "timed out" in str(caught.value)
+    assert not (tmp_path / "model.dat").exists()
+
+
+def test_progress_reports_speed_and_eta_to_the_callers_listener_too(server, recorder, tmp_path):
+    data = payload(seed=31)
+    server.add_file("/m.bin", data)
+    mine: list[DownloadProgress] = []
+    downloader(recorder).fetch(entry_for(server.url("/m.bin"), data), tmp_path, progress=mine.append)
+    assert [e.downloaded for e in mine] == [e.downloaded for e in recorder.events]
+    assert mine[-1].done and mine[-1].eta_seconds is None
+    measured = [e for e in mine if e.bytes_per_second is not None and not e.done]
+    assert all(e.bytes_per_second > 0 and e.eta_seconds >= 0 for e in measured)
+    assert DownloadProgress("a.bin", 1, 2, False).bytes_per_second is None  # old positional form still works
+
+
+def test_fetch_missing_tries_every_file_and_skips_a_dead_host(server, silent_server, tmp_path):
+    good, bad = payload(seed=32), payload(seed=33)
+    server.add_file("/good.bin", good)
+    catalogue = {
+        "dead1.bin": entry_for(silent_server + "/1.bin", bad, name="dead1.bin"),
+        "missing.bin": entry_for(server.url("/missing.bin"), bad, name="missing.bin"),
+        "good.dat": entry_for(server.url("/good.bin"), good, name="good.dat"),
+        "dead2.bin": entry_for(silent_server + "/2.bin", bad, name="dead2.bin"),
+    }
+    folders = ModelFolders.default(tmp_path)
+    loader = Downloader(timeout=0.3, stall_timeout=0.8, retries=1, backoff=0.0, environ={})
+    started = time.monotonic()
+    failures = loader.fetch_missing(list(catalogue), folders, catalogue)
+    assert time.monotonic() - started < 3.0  # the dead host is waited for once
+    assert [f.entry.name for f in failures] == ["dead1.bin", "missing.bin", "dead2.bin"]
+    assert "404" in str(failures[1].error) and "not tried" in str(failures[2].error)
+    assert failures[0].folder == tmp_path / "checkpoints" and failures[0].url.endswith("/1.bin")
+    assert (tmp_path / "checkpoints" / "good.dat").read_bytes() == good
