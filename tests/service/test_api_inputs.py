@@ -376,3 +376,34 @@ def _references(node: Any) -> list[str]:
     if isinstance(node, list):
         return [ref for value in node for ref in _references(value)]
     return []
+
+
+def test_a_real_inpaint_job_over_http_keeps_the_pixels_beyond_the_feather(tmp_path: Path) -> None:
+    """End to end: multipart upload → queue → the real engine on the tiny models → the image over HTTP."""
+    from foci.dev.make_models import write_tiny_models
+    from foci.engine.engine import Engine
+    from foci.imaging.blend import soft_mask
+    from tests.service.test_api import tiny_settings
+
+    models = tmp_path / "models"
+    write_tiny_models(models)
+    engine = Engine(models_dir=models, output_dir=tmp_path / "out", device="cpu", precision="fp32")
+    picture = np.asarray(noisy_rgb(96, 64, seed=3))
+    mask = np.zeros((64, 96), dtype=np.uint8)
+    mask[20:40, 30:60] = 255
+    task = {"prompt": "a cat", "styles": [], "image_number": 1, "seed": 4, "overwrite_step": 1,
+            "base_model": "tiny.safetensors"}
+    files = {"input_image": ("photo.png", png_bytes(Image.fromarray(picture)), "image/png"),
+             "inpaint_mask": ("mask.png", png_bytes(Image.fromarray(mask)), "image/png")}
+    with run_api(tmp_path, engine, settings=tiny_settings(models, default_model="tiny.safetensors")) as api, \
+            httpx.Client(base_url=api.url, timeout=60) as client:
+        created = client.post("/v1/jobs", data={"job": json.dumps({"task": task})}, files=files)
+        assert created.status_code == 201, created.text
+        job = wait_final(client, created.json()["id"], timeout=600)
+        assert job["state"] == "done", job
+        fetched = client.get(f"/v1/images/{job['images'][0]['path']}")
+        assert fetched.status_code == 200
+    out = np.asarray(Image.open(io.BytesIO(fetched.content)).convert("RGB"))
+    assert out.shape == picture.shape
+    beyond = soft_mask(mask) == 0
+    assert np.array_equal(out[beyond], picture[beyond])
