@@ -173,14 +173,26 @@ def facts_of(name: str, info: FieldInfo) -> FieldFacts:
     declared = info.json_schema_extra if isinstance(info.json_schema_extra, _Declared) else None
     plain, literal = _plain_type(info.annotation)
     default = info.get_default(call_default_factory=True)
-    ge = next((item.ge for item in info.metadata if isinstance(item, Ge)), None)
-    le = next((item.le for item in info.metadata if isinstance(item, Le)), None)
+    constraints = [*info.metadata, *_optional_metadata(info.annotation)]
+    ge = next((item.ge for item in constraints if isinstance(item, Ge)), None)
+    le = next((item.le for item in constraints if isinstance(item, Le)), None)
     choices = declared.choices if declared is not None and declared.choices is not None else literal
     is_literal = choices is not None and choices == literal
     if declared is None:
         return FieldFacts(name, plain, default, ge, le, choices, is_literal)
     return FieldFacts(name, plain, default, ge, le, choices, is_literal, cli=declared.cli, ui=declared.ui,
                       fooocus=declared.fooocus, a1111=declared.a1111, config=declared.config)
+
+
+def _optional_metadata(annotation: Any) -> list[Any]:
+    """The constraints of ``Annotated[X, …] | None`` (pydantic keeps them on the union's member, not the field)."""
+    if get_origin(annotation) not in (Union, types.UnionType):
+        return []
+    found: list[Any] = []
+    for option in get_args(annotation):
+        for item in getattr(option, "__metadata__", ()):
+            found.extend(getattr(item, "metadata", [item]))
+    return found
 
 
 def _plain_type(annotation: Any) -> tuple[type | None, tuple[Any, ...] | None]:

@@ -282,12 +282,12 @@ class GenerationTask(BaseModel):
         a1111=Meta("Inpaint engine", omit_if_default=True))
     inpaint_strength: Strength | None = field(
         None, description="denoising strength of the inpaint (default: from the method)",
-        cli=Cli("--inpaint-strength", help="inpaint denoising strength 0…1 (default: from the method)"),
+        cli=Cli("--inpaint-strength", help="inpaint denoising strength (default: from the method)"),
         fooocus=Meta("inpaint_strength", omit_if_default=True),
         a1111=Meta("Inpaint strength", omit_if_default=True))
     inpaint_respective_field: Strength | None = field(
         None, description="share of the image the inpaint sees around the mask (default: from the method)",
-        cli=Cli("--inpaint-respective-field", help="0 = just around the mask … 1 = the whole image"),
+        cli=Cli("--inpaint-respective-field", help="0 = just around the mask … 1 = the whole image (default: from the method)"),
         fooocus=Meta("inpaint_respective_field", omit_if_default=True),
         a1111=Meta("Inpaint respective field", omit_if_default=True))
     inpaint_prompt: Prompt = field(
