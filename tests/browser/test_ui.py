@@ -393,7 +393,7 @@ def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     page.get_by_role("tab", name="Advanced").click()
     page.locator("#foci-developer input[type=checkbox]").check()
     page.get_by_role("tab", name="Overrides").click()
-    page.locator("#foci-overwrite-step input").fill("12")
+    page.locator("#foci-overwrite-step input").fill("40")
     page.locator("#foci-prompt textarea").fill(prompt)
     page.locator("#foci-generate").click()
     page.get_by_text("image 1/2").first.wait_for()
@@ -401,7 +401,9 @@ def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     page.get_by_text("Finished: 1 image, 1 skipped").first.wait_for()
     (job,) = [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
     assert job.state is JobState.DONE and job.skipped_images == 1 and len(job.images) == 1
-    assert job.images[0].seed == job.task.seed + 1
+    # the image being sampled when Skip lands is dropped: normally image 1; on a very busy machine image 1 may
+    # already be done, and then image 2 is the skipped one
+    assert job.images[0].seed in (job.task.seed, job.task.seed + 1)
 
 
 def test_preset_switch_fills_the_controls(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:
