@@ -201,9 +201,10 @@ class PanelState:
     warnings: tuple[str, ...] = ()
 
 
-def panel_from_task(task: GenerationTask, store: InputImageStore) -> PanelState:
+def panel_from_task(task: GenerationTask, store: InputImageStore | None) -> PanelState:
     """The panel's values for ``task`` (metadata pasted, an image dropped): method, prompt, directions, advanced
-    masking and the image and mask when ``store`` still holds them."""
+    masking and the image and mask when ``store`` still holds them (``store`` may be None for a task without an
+    input image)."""
     advanced = (task.inpaint_engine is not None or task.inpaint_strength is not None
                 or task.inpaint_respective_field is not None or task.mask_dilate != 0 or task.invert_mask)
     values: dict[str, Any] = {
@@ -215,7 +216,7 @@ def panel_from_task(task: GenerationTask, store: InputImageStore) -> PanelState:
         "inpaint_strength": task.effective_inpaint_strength,
         "inpaint_respective_field": task.effective_respective_field,
     }
-    if task.input_image is None:
+    if task.input_image is None or store is None:
         return PanelState(values)
     warnings: list[str] = []
     try:

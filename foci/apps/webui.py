@@ -389,8 +389,9 @@ class FociUI:
         """The task of a Generate click; :class:`UIError` for anything the queue would refuse. ``inputs`` are the
         Input Image panel's values (:data:`~foci.apps.ui_input_image.INPUT_CONTROLS`); its image and mask are put
         into the engine's input store."""
-        try:
-            extra = input_image_fields(inputs or {}, self.engine.inputs)
+        try:  # the engine's store only when the panel is in use (an API-only engine need not have one)
+            extra = input_image_fields(inputs, self.engine.inputs) if inputs and inputs.get(
+                "input_image_enabled") else {}
         except InputImageUIError as error:
             raise UIError(str(error)) from None
         task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None,
@@ -738,7 +739,7 @@ class FociUI:
     def _panel_updates(self, task: GenerationTask) -> list[Any]:
         """Updates showing ``task`` in the Input Image panel (:data:`PANEL_RESTORED` order); an image the input
         store no longer holds is left as it is, with a warning to upload it again."""
-        state = panel_from_task(task, self.engine.inputs)
+        state = panel_from_task(task, self.engine.inputs if task.input_image is not None else None)
         for warning in state.warnings:
             gr.Warning(warning)
         values = state.values
