@@ -287,7 +287,8 @@ class GenerationTask(BaseModel):
         a1111=Meta("Inpaint strength", omit_if_default=True))
     inpaint_respective_field: Strength | None = field(
         None, description="share of the image the inpaint sees around the mask (default: from the method)",
-        cli=Cli("--inpaint-respective-field", help="0 = just around the mask … 1 = the whole image (default: from the method)"),
+        cli=Cli("--inpaint-respective-field",
+                help="0 = just around the mask … 1 = the whole image (default: from the method)"),
         fooocus=Meta("inpaint_respective_field", omit_if_default=True),
         a1111=Meta("Inpaint respective field", omit_if_default=True))
     inpaint_prompt: Prompt = field(

@@ -32,9 +32,20 @@ from fastapi.responses import FileResponse, HTMLResponse
 from PIL import Image
 from pydantic import ValidationError
 
+from foci.apps.ui_input_image import (
+    ADVANCED_FIELDS,
+    EXAMPLE_INPAINT_PROMPTS,
+    INPUT_TABS,
+    InputImageUIError,
+    input_image_fields,
+    method_layout,
+    panel_from_task,
+)
 from foci.engine.engine import Engine
-from foci.fields import FieldFacts, task_fields
+from foci.fields import FieldFacts, field_facts, task_fields
+from foci.files.input_images import MAX_INPUT_BYTES, check_image_bytes
 from foci.messages import validation_message
+from foci.records.image_input import ImageInputError
 from foci.records.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL, task_from_metadata
 from foci.records.outputs import read_metadata
 from foci.service.admission import AdmissionError, admit
@@ -44,7 +55,16 @@ from foci.service.worker import Worker
 from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import FociSettings, available_presets, load_settings
 from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
-from foci.task import MAX_SEED, GenerationTask, random_seed
+from foci.task import (
+    INPAINT_DEFAULT,
+    INPAINT_ENGINES,
+    INPAINT_METHODS,
+    MAX_SEED,
+    OUTPAINT_DIRECTIONS,
+    UOV_METHODS,
+    GenerationTask,
+    random_seed,
+)
 from foci.text.styles import StyleLibrary
 
 ASSETS_DIR = Path(__file__).with_name("ui_assets")
@@ -59,6 +79,14 @@ RESTRICTED_CONTROLS: tuple[str, ...] = (
     "guidance_scale", "sharpness", "adm_scaler_end", "adm_scaler_positive", "adm_scaler_negative", "refiner_switch",
     "refiner_model", "sampler", "scheduler", "adaptive_cfg", "refiner_swap_method",
 )
+
+
+PANEL_RESTORED: tuple[str, ...] = (
+    "input_image_enabled", "input_tabs", "input_tab", "uov_image", "uov_method", "inpaint_editor", "inpaint_method",
+    "inpaint_prompt", "quick_list", "outpaint", "inpaint_advanced", "invert_mask", "mask_dilate", "inpaint_engine",
+    "inpaint_strength", "inpaint_respective_field",
+)
+"""The Input Image panel's parts a restored task (pasted metadata, dropped image) updates, in output order."""
 
 
 class UIError(ValueError):
@@ -183,12 +211,14 @@ def _plain_value(values: Mapping[str, Any], facts: FieldFacts) -> Any:
     return value
 
 
-def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | None = None) -> GenerationTask:
+def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | None = None,
+                     extra: Mapping[str, Any] | None = None) -> GenerationTask:
     """Build the task a Generate click describes from control values keyed by control name (one per field of the
     field table with a UI control).
 
-    ``seed`` replaces the seed box (used when "Random" is ticked). Raises :class:`UIError` with a readable
-    message for any invalid value; nothing is queued then.
+    ``seed`` replaces the seed box (used when "Random" is ticked); ``extra`` are further task fields (the Input
+    Image panel's, see :func:`foci.apps.ui_input_image.input_image_fields`). Raises :class:`UIError` with a
+    readable message for any invalid value; nothing is queued then.
     """
     fields: dict[str, Any] = {}
     for facts in task_fields():
@@ -202,6 +232,7 @@ def task_from_values(values: Mapping[str, Any], *, lora_rows: int, seed: int | N
             fields[facts.name] = _plain_value(values, facts)
     if not fields["base_model"]:
         raise UIError("choose a base model in the Models tab")
+    fields.update(extra or {})
     try:
         return GenerationTask(**fields)
     except ValidationError as error:
@@ -342,6 +373,7 @@ class FociUI:
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
         self._fields = _Field()
+        self._input: dict[str, Any] = {}
 
     # ---------------------------------------------------------------------------------------- file lists
     def _files(self, kind: str) -> list[str]:
@@ -352,9 +384,18 @@ class FociUI:
         except (OSError, ValueError):
             return []
 
-    def make_task(self, values: Mapping[str, Any], *, random: bool) -> GenerationTask:
-        """The task of a Generate click; :class:`UIError` for anything the queue would refuse."""
-        task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None)
+    def make_task(self, values: Mapping[str, Any], *, random: bool,
+                  inputs: Mapping[str, Any] | None = None) -> GenerationTask:
+        """The task of a Generate click; :class:`UIError` for anything the queue would refuse. ``inputs`` are the
+        Input Image panel's values (:data:`~foci.apps.ui_input_image.INPUT_CONTROLS`); its image and mask are put
+        into the engine's input store."""
+        try:  # the engine's store only when the panel is in use (an API-only engine need not have one)
+            extra = input_image_fields(inputs, self.engine.inputs) if inputs and inputs.get(
+                "input_image_enabled") else {}
+        except InputImageUIError as error:
+            raise UIError(str(error)) from None
+        task = task_from_values(values, lora_rows=self.lora_rows, seed=random_seed() if random else None,
+                                extra=extra)
         try:
             admit(task, styles=self.styles, max_image_number=self.settings.default_max_image_number)
         except AdmissionError as error:
@@ -429,11 +470,13 @@ class FociUI:
                                                  min_width=50)
                                 skip = gr.Button("Skip", visible=False, elem_id="foci-skip", min_width=50)
                     with gr.Row(elem_id="foci-checkboxes"):
-                        gr.Checkbox(False, label="Input Image", visible=False, elem_id="foci-input-image")
+                        input_enabled = gr.Checkbox(False, label="Input Image", elem_id="foci-input-image",
+                                                    container=False)
                         advanced = gr.Checkbox(settings.default_advanced_checkbox, label="Advanced",
                                                elem_id="foci-advanced", container=False)
                         forever = gr.Checkbox(False, label="Generate forever", elem_id="foci-forever",
                                               container=False)
+                    panel = self._input_panel(input_enabled)
                 right = gr.Column(scale=1, visible=settings.default_advanced_checkbox, elem_id="foci-right")
                 with right, gr.Tabs():
                     with gr.Tab("Settings", elem_id="foci-tab-settings"):
@@ -500,8 +543,70 @@ class FociUI:
                 load_parameters=load_parameters, stop=stop, skip=skip, advanced=advanced, forever=forever,
                 right=right, preset=preset, random=random, image_file=image_file, style_search=style_search,
                 styles=styles, base=base, refiner=refiner, lora_names=lora_names, refresh=refresh,
-                developer=developer, developer_box=developer_box, saved=saved))
+                developer=developer, developer_box=developer_box, saved=saved, **panel))
         return blocks
+
+    def _input_panel(self, enabled: gr.Checkbox) -> dict[str, Any]:
+        """The Input Image panel under the prompt (hidden until "Input Image" is ticked): the Upscale or Variation
+        and the Inpaint or Outpaint tabs. Its controls go to :attr:`_input` by their
+        :data:`~foci.apps.ui_input_image.INPUT_CONTROLS` names; returns the layout parts the events need."""
+        control = self._input
+        control["input_image_enabled"] = enabled
+        control["input_tab"] = gr.State("uov")
+        layout = method_layout(INPAINT_DEFAULT)
+        image_options: dict[str, Any] = dict(type="filepath", image_mode=None, format="png",
+                                             sources=["upload", "clipboard"])
+        with gr.Column(visible=False, elem_id="foci-input-panel") as panel, \
+                gr.Tabs(selected="uov", elem_id="foci-input-tabs") as tabs:
+            with gr.Tab("Upscale or Variation", id="uov", elem_id="foci-uov-tab") as uov_tab, gr.Row():
+                control["uov_image"] = gr.Image(label="Image", height=300, elem_id="foci-uov-image",
+                                                **image_options)
+                control["uov_method"] = gr.Radio(list(UOV_METHODS), value="Disabled", label="Upscale or Variation",
+                                                 elem_id="foci-uov-method")
+            with gr.Tab("Inpaint or Outpaint", id="inpaint", elem_id="foci-inpaint-tab") as inpaint_tab, gr.Row():
+                with gr.Column():
+                    control["inpaint_editor"] = gr.ImageEditor(
+                        label="Image — paint the area to change (white = repaint)", type="numpy",
+                        image_mode="RGBA", format="png", sources=["upload", "clipboard"], transforms=(),
+                        layers=False, brush=gr.Brush(colors=["#FFFFFF"], default_color="#FFFFFF",
+                                                     color_mode="fixed"),
+                        height=500, elem_id="foci-inpaint-editor")
+                    control["inpaint_advanced"] = gr.Checkbox(False, label="Enable Advanced Masking Features",
+                                                              elem_id="foci-inpaint-advanced")
+                    control["inpaint_method"] = gr.Dropdown(list(INPAINT_METHODS), value=INPAINT_DEFAULT,
+                                                            label="Method", elem_id="foci-inpaint-method")
+                    control["inpaint_prompt"] = gr.Textbox(label="Inpaint Additional Prompt", lines=2,
+                                                           placeholder="Describe what you want to inpaint.",
+                                                           visible=layout.prompt_box,
+                                                           elem_id="foci-inpaint-prompt")
+                    quick_list = gr.Dataset(components=[control["inpaint_prompt"]], label="Additional Prompt "
+                                            "Quick List", samples=[[text] for text in EXAMPLE_INPAINT_PROMPTS],
+                                            visible=layout.quick_list, elem_id="foci-inpaint-quick-list")
+                    control["outpaint"] = gr.CheckboxGroup(list(OUTPAINT_DIRECTIONS), value=[],
+                                                           label="Outpaint Direction", visible=layout.outpaint,
+                                                           elem_id="foci-outpaint")
+                with gr.Column(visible=False, elem_id="foci-masking") as masking:
+                    control["inpaint_mask_upload"] = gr.Image(label="Mask Upload (white = repaint)", height=300,
+                                                              elem_id="foci-mask-upload", **image_options)
+                    control["invert_mask"] = gr.Checkbox(False, label="Invert Mask When Generating",
+                                                         elem_id="foci-invert-mask")
+                    self._input_field_control("mask_dilate", "Mask Erode or Dilate", 0, step=1,
+                                              elem_id="foci-mask-dilate")
+                    control["inpaint_engine"] = gr.Dropdown(list(INPAINT_ENGINES), value=layout.engine,
+                                                            label="Inpaint Engine", elem_id="foci-inpaint-engine")
+                    self._input_field_control("inpaint_strength", "Inpaint Denoising Strength", layout.strength,
+                                              step=0.001, elem_id="foci-inpaint-strength")
+                    self._input_field_control("inpaint_respective_field", "Inpaint Respective Field",
+                                              layout.respective_field, step=0.001,
+                                              elem_id="foci-inpaint-respective-field")
+        return dict(input_panel=panel, input_tabs=tabs, uov_tab=uov_tab, inpaint_tab=inpaint_tab,
+                    quick_list=quick_list, masking=masking)
+
+    def _input_field_control(self, name: str, label: str, value: float, *, step: float, elem_id: str) -> None:
+        """A slider of the Input Image panel whose range is the task field's bounds."""
+        facts = field_facts(name)  # strength and respective field: ``Strength | None`` keeps its 0…1 bounds inside
+        low, high = (facts.ge, facts.le) if facts.ge is not None and facts.le is not None else (0.0, 1.0)
+        self._input[name] = gr.Slider(low, high, value=value, step=step, label=label, elem_id=elem_id)
 
     def _controls_at(self, place: str, values: dict[str, Any], *, locked: bool) -> None:
         """The controls of every field the table puts at ``place``, in field order."""
@@ -554,7 +659,8 @@ class FociUI:
     def _wire(self, parts: dict[str, Any]) -> None:
         fields = self._fields.components
         names = {component: name for name, component in fields.items()}
-        inputs = {*fields.values(), parts["random"], parts["forever"]}
+        panel = self._input
+        inputs = {*fields.values(), *panel.values(), parts["random"], parts["forever"]}
         running = [parts["preview"], parts["progress"], parts["gallery"], parts["generate"], parts["stop"],
                    parts["skip"], fields["seed"]]
         all_fields = list(fields.values())
@@ -564,7 +670,8 @@ class FociUI:
 
         def generate(data: dict[Any, Any], request: gr.Request) -> Iterator[list[Any]]:
             yield from self.generate(values_of(data), random=bool(data[parts["random"]]),
-                                     forever=bool(data[parts["forever"]]), request=request)
+                                     forever=bool(data[parts["forever"]]), request=request,
+                                     inputs={name: data[component] for name, component in panel.items()})
 
         parts["generate"].click(generate, inputs=inputs, outputs=running, concurrency_limit=None,
                                 show_progress="hidden", api_visibility="private")
@@ -586,7 +693,8 @@ class FociUI:
                                      inputs=[fields["performance"], parts["saved"], *restricted],
                                      outputs=[*restricted, fields["negative_prompt"], parts["saved"]],
                                      show_progress="hidden", api_visibility="private")
-        restore_outputs = [*all_fields, parts["random"], parts["load_parameters"], parts["saved"]]
+        restore_outputs = [*all_fields, *self._panel_outputs(parts), parts["random"], parts["load_parameters"],
+                           parts["saved"]]
         parts["load_parameters"].click(self.load_from_text, inputs=parts["prompt"], outputs=restore_outputs,
                                        show_progress="hidden", api_visibility="private")
         parts["image_file"].upload(self.load_from_image, inputs=parts["image_file"], outputs=restore_outputs,
@@ -598,9 +706,88 @@ class FociUI:
         parts["preset"].change(self.load_preset_and_lock, inputs=[parts["preset"], *all_fields],
                                outputs=[*all_fields, parts["saved"]], show_progress="hidden",
                                api_visibility="private")
+        self._wire_input_panel(parts)
         model_dropdowns = [parts["base"], parts["refiner"], *parts["lora_names"]]
         parts["refresh"].click(self.refresh_files, inputs=[parts["base"]], outputs=model_dropdowns,
                                show_progress="hidden", api_visibility="private")
+
+    def _wire_input_panel(self, parts: dict[str, Any]) -> None:
+        """The Input Image panel's events: show it, track the selected tab, the method's controls and defaults,
+        advanced masking, the quick list, and a check of each uploaded file."""
+        panel = self._input
+        hidden: dict[str, Any] = dict(show_progress="hidden", api_visibility="private")
+        panel["input_image_enabled"].change(lambda shown: gr.Column(visible=shown),
+                                            inputs=panel["input_image_enabled"], outputs=parts["input_panel"],
+                                            **hidden)
+        for tab in INPUT_TABS:
+            parts[f"{tab}_tab"].select(lambda tab=tab: tab, outputs=panel["input_tab"], **hidden)
+        # .input, not .change: restoring a task sets the method without resetting its restored values
+        panel["inpaint_method"].input(self.change_inpaint_method, inputs=panel["inpaint_method"],
+                                      outputs=self._method_outputs(parts), **hidden)
+        panel["inpaint_advanced"].change(lambda shown: gr.Column(visible=shown), inputs=panel["inpaint_advanced"],
+                                         outputs=parts["masking"], **hidden)
+        parts["quick_list"].click(lambda sample: sample[0] if sample else gr.skip(), inputs=parts["quick_list"],
+                                  outputs=panel["inpaint_prompt"], **hidden)
+        for name in ("uov_image", "inpaint_mask_upload"):
+            panel[name].upload(self.check_upload, inputs=panel[name], outputs=panel[name], preprocess=False,
+                               **hidden)
+
+    def _panel_outputs(self, parts: dict[str, Any]) -> list[Any]:
+        """The panel's components a restored task updates, in :data:`PANEL_RESTORED` order."""
+        return [self._input[key] if key in self._input else parts[key] for key in PANEL_RESTORED]
+
+    def _panel_updates(self, task: GenerationTask) -> list[Any]:
+        """Updates showing ``task`` in the Input Image panel (:data:`PANEL_RESTORED` order); an image the input
+        store no longer holds is left as it is, with a warning to upload it again."""
+        state = panel_from_task(task, self.engine.inputs if task.input_image is not None else None)
+        for warning in state.warnings:
+            gr.Warning(warning)
+        values = state.values
+        layout = method_layout(values["inpaint_method"])
+        special = {
+            "input_tabs": gr.Tabs(selected=values["input_tab"]),
+            "uov_image": values.get("uov_image", gr.skip()),
+            "inpaint_editor": values.get("inpaint_editor", gr.skip()),
+            "inpaint_prompt": gr.update(visible=layout.prompt_box, value=values["inpaint_prompt"]),
+            "quick_list": gr.Dataset(visible=layout.quick_list),
+            "outpaint": gr.update(visible=layout.outpaint, value=values["outpaint"]),
+        }
+        return [special[key] if key in special else values[key] for key in PANEL_RESTORED]
+
+    def _method_outputs(self, parts: dict[str, Any]) -> list[Any]:
+        panel = self._input
+        return [panel["inpaint_prompt"], parts["quick_list"], panel["outpaint"],
+                *[panel[name] for name in ADVANCED_FIELDS]]
+
+    def change_inpaint_method(self, method: str) -> list[Any]:
+        """The user chose an inpaint method: show its controls and reset engine, strength and respective field to
+        its defaults (as Fooocus does); the prompt box empties when hidden, the outpaint directions likewise."""
+        return self._method_updates(method, reset=True)
+
+    @staticmethod
+    def _method_updates(method: str, *, reset: bool) -> list[Any]:
+        layout = method_layout(method)
+        defaults = [layout.engine, layout.strength, layout.respective_field] if reset else [gr.skip()] * 3
+        prompt = gr.update(visible=True) if layout.prompt_box else gr.update(visible=False, value="")
+        outpaint = gr.update(visible=True) if layout.outpaint else gr.update(visible=False, value=[])
+        return [prompt, gr.Dataset(visible=layout.quick_list), outpaint, *defaults]
+
+    def check_upload(self, payload: Mapping[str, Any] | None) -> Any:
+        """An image dropped on the panel (raw upload, not yet decoded): one warning and the upload removed when it
+        is not an image Foci reads or is too large, so Generate never sees it."""
+        path = payload.get("path") if isinstance(payload, Mapping) else None
+        if not path:
+            return gr.skip()
+        try:
+            size = Path(path).stat().st_size
+            if size > MAX_INPUT_BYTES:
+                raise ImageInputError(f"the uploaded file is {size / 2**20:.1f} MiB; Foci accepts image files of "
+                                      f"at most {MAX_INPUT_BYTES // 2**20} MiB")
+            check_image_bytes(Path(path).read_bytes(), what="the uploaded file")
+        except (ImageInputError, OSError) as error:
+            gr.Warning(str(error))
+            return None
+        return gr.skip()
 
     # -------------------------------------------------------------------------------------- generation
     def _running_updates(self, *, preview: Any = None, progress: str | None = None, gallery: Any = None,
@@ -616,13 +803,14 @@ class FociUI:
             seed if seed is not None else gr.skip(),
         ]
 
-    def generate(self, values: dict[str, Any], *, random: bool, forever: bool,
-                 request: gr.Request | None = None) -> Iterator[list[Any]]:
-        """The Generate handler: submit one job (again and again with "generate forever") and stream it."""
+    def generate(self, values: dict[str, Any], *, random: bool, forever: bool, request: gr.Request | None = None,
+                 inputs: Mapping[str, Any] | None = None) -> Iterator[list[Any]]:
+        """The Generate handler: submit one job (again and again with "generate forever") and stream it.
+        ``inputs`` are the Input Image panel's values."""
         session = self._session(request)
         session.forever = forever
         try:
-            task = self.make_task(values, random=random)
+            task = self.make_task(values, random=random, inputs=inputs)
         except UIError as error:
             raise gr.Error(str(error), print_exception=False) from None
         try:
@@ -754,7 +942,7 @@ class FociUI:
         lock = self._load_lock(values)
         updates = self._updates(values, lock)
         updates[list(self._fields.components).index("seed")] = gr.Textbox(value=values["seed"], visible=True)
-        return [*updates, False, gr.Button(visible=False), lock.saved]
+        return [*updates, *self._panel_updates(task), False, gr.Button(visible=False), lock.saved]
 
     def _task_from_payload(self, payload: str | dict[str, Any], scheme: str | None) -> GenerationTask:
         return task_from_metadata(payload, scheme, model_files=self._files("checkpoints"),

@@ -580,3 +580,185 @@ def test_progress_shows_a_model_download(browser: Any, tiny_checkpoint: Path, tm
             thread.join(10)
             worker.stop(timeout=30)
     assert (tmp_path / "models" / "checkpoints" / name).read_bytes() == data
+
+# ------------------------------------------------------------------------------------------ Input Image panel
+def _open_input_tab(page: Any, name: str) -> None:
+    page.locator("#foci-input-image input[type=checkbox]").check()
+    page.locator("#foci-input-panel").wait_for(state="visible")
+    page.get_by_role("tab", name=name).click()
+
+
+def _upload_to_editor(page: Any, picture: Path) -> Any:
+    """Upload ``picture`` as the inpaint canvas's background; the editor once the image is on the canvas."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    editor = page.locator("#foci-inpaint-editor")
+    editor.locator(".zoom-number span").wait_for()  # the drawing surface (loaded when first shown) is set up
+    for attempt in range(3):  # a file given while it still sets up can be dropped: give it again, as a new file
+        copy = picture.with_name(f"{picture.stem}-{attempt}{picture.suffix}")
+        shutil.copyfile(picture, copy)
+        editor.locator("input[type=file]").set_input_files(str(copy))
+        try:  # the background on the canvas is an undoable edit
+            editor.locator("button[aria-label=Undo]:not([disabled])").wait_for(timeout=15_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+    editor.scroll_into_view_if_needed()
+    return editor
+
+
+def _queued(live_ui: LiveUI, prompt: str) -> Any:
+    return _wait_for(lambda: next((job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt), None),
+                     message=f"the job {prompt!r}")
+
+
+def _stored_pixels(live_ui: LiveUI, digest: str | None) -> Any:
+    import numpy as np
+    from PIL import Image
+
+    from foci.files.input_images import InputImageStore
+
+    assert digest is not None
+    with Image.open(InputImageStore(live_ui.output_dir / "inputs").path(digest)) as image:
+        return np.asarray(image)
+
+
+def _gradient(width: int, height: int) -> Any:
+    import numpy as np
+
+    pixels = np.zeros((height, width, 3), dtype=np.uint8)
+    pixels[:, :, 0] = (np.arange(width) * 255 // max(width - 1, 1))[None, :]
+    pixels[:, :, 1] = (np.arange(height) * 255 // max(height - 1, 1))[:, None]
+    pixels[:, :, 2] = 90
+    return pixels
+
+
+@needs_chromium
+def test_a_mask_drawn_on_the_canvas_is_queued_with_the_image(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    width, height = 200, 136
+    pixels = _gradient(width, height)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    _open_input_tab(page, "Inpaint or Outpaint")
+    editor = _upload_to_editor(page, tmp_path / "photo.png")
+    # The image sits centred on the canvas element, shown at the editor's zoom: draw a stroke with the mouse from
+    # image pixel (40, 30) to (70, 30), with the brush (the active tool after an upload).
+    box = editor.locator("canvas").first.bounding_box()
+    zoom = float(editor.locator(".zoom-number span").inner_text().rstrip("%")) / 100
+
+    def screen(x: float, y: float) -> tuple[float, float]:
+        return (box["x"] + box["width"] / 2 + (x - width / 2) * zoom,
+                box["y"] + box["height"] / 2 + (y - height / 2) * zoom)
+
+    page.mouse.move(*screen(40, 30))
+    page.mouse.down()
+    for x in range(40, 71, 3):
+        page.mouse.move(*screen(x, 30))
+    page.mouse.up()
+    page.locator("#foci-prompt textarea").fill("a kite in the corner")
+    page.locator("#foci-generate").click()
+
+    job = _queued(live_ui, "a kite in the corner")
+    task = job.task
+    assert task.input_mode == "inpaint" and task.uov_method == "Disabled" and task.outpaint == []
+    assert task.inpaint_method == "Inpaint or Outpaint (default)" and task.inpaint_engine is None
+    image = _stored_pixels(live_ui, task.input_image)
+    assert np.array_equal(image[:, :, :3], pixels)  # the canvas gives back the uploaded pixels, full size
+    mask = _stored_pixels(live_ui, task.inpaint_mask)
+    assert mask.shape == (height, width)
+    assert mask[30, 40:71].min() == 255  # white along the stroke …
+    assert mask[:, 120:].max() == 0 and mask[100:, :].max() == 0  # … and black away from it
+    page.locator("#foci-generate").wait_for(state="visible")  # the job ends (the engine may not inpaint yet)
+
+
+@needs_chromium
+def test_bad_input_images_queue_nothing(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(_gradient(64, 48)).save(tmp_path / "photo.png")
+    before = len(live_ui.store.list(limit=1000))
+    _open_input_tab(page, "Inpaint or Outpaint")
+    _upload_to_editor(page, tmp_path / "photo.png")
+    page.locator("#foci-prompt textarea").fill("nothing painted")
+    page.locator("#foci-generate").click()
+    page.get_by_text("nothing to inpaint").first.wait_for()  # not a silent text-to-image
+
+    page.get_by_role("tab", name="Upscale or Variation").click()
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.locator("#foci-uov-image input[type=file]").set_input_files(str(tmp_path / "notes.png"))
+    page.get_by_text("the uploaded file is not an image file").first.wait_for()
+    page.locator("#foci-uov-method").get_by_label("Vary (Strong)").check()
+    page.locator("#foci-generate").click()
+    page.get_by_text('upload an image in the "Upscale or Variation" tab').first.wait_for()
+    assert len(live_ui.store.list(limit=1000)) == before
+
+
+def _vary_subtle(page: Any, picture: Path, prompt: str) -> None:
+    _open_input_tab(page, "Upscale or Variation")
+    page.locator("#foci-uov-image input[type=file]").set_input_files(str(picture))
+    page.locator("#foci-uov-image img").first.wait_for()
+    page.locator("#foci-uov-method").get_by_label("Vary (Subtle)").check()
+    page.locator("#foci-prompt textarea").fill(prompt)
+    page.locator("#foci-generate").click()
+
+
+@needs_chromium
+def test_vary_queues_the_uploaded_file_by_its_hash(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    import hashlib
+
+    from PIL import Image
+
+    Image.fromarray(_gradient(96, 64)).save(tmp_path / "photo.jpg", quality=90)
+    _vary_subtle(page, tmp_path / "photo.jpg", "a subtle variation")
+    task = _queued(live_ui, "a subtle variation").task
+    assert task.input_mode == "uov" and task.uov_method == "Vary (Subtle)" and task.inpaint_mask is None
+    assert task.input_image == hashlib.sha256((tmp_path / "photo.jpg").read_bytes()).hexdigest()  # the file as sent
+    assert _stored_pixels(live_ui, task.input_image).shape == (64, 96, 3)
+    page.locator("#foci-generate").wait_for(state="visible")
+
+
+@needs_chromium
+def test_vary_makes_a_picture_of_the_clamped_input_size(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    from PIL import Image
+
+    # §2.13: a 512×512 input has shape-ceil 512 < 1024, so it is resized to shape-ceil 1024: 1024×1024.
+    Image.fromarray(_gradient(512, 512)).save(tmp_path / "square.png")
+    _vary_subtle(page, tmp_path / "square.png", "vary a square")
+    job = _wait_for(lambda: (j := _queued(live_ui, "vary a square")).state.final and j, timeout=600,
+                    message="the vary job to end")
+    assert job.state is JobState.DONE, job.error
+    assert [(image.width, image.height) for image in job.images] == [(1024, 1024)]
+
+
+def test_restoring_a_task_fills_the_input_image_panel(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:
+    from PIL import Image
+
+    ui = _offline_ui(tmp_path, tiny_checkpoint, engine)
+    picture = tmp_path / "photo.png"
+    Image.fromarray(_gradient(32, 24)).save(picture)
+    digest = engine.inputs.put_file(picture)
+    task = GenerationTask(prompt="restored", base_model=tiny_checkpoint.name, styles=[], input_image=digest,
+                          uov_method="Upscale (2x)")
+    updates = ui._restore(task)
+    from foci.apps.webui import PANEL_RESTORED
+
+    start = len(ui.control_names)
+    panel = dict(zip(PANEL_RESTORED, updates[start:start + len(PANEL_RESTORED)], strict=True))
+    assert panel["input_image_enabled"] is True and panel["input_tab"] == "uov"
+    assert panel["uov_method"] == "Upscale (2x)" and panel["uov_image"].shape == (24, 32, 3)
+    assert _prop(panel["input_tabs"], "selected") == "uov"
+    assert updates[-1] is None  # the saved-values state stays last
+
+    inpaint = GenerationTask(prompt="restored", base_model=tiny_checkpoint.name, styles=[], input_image="f" * 64,
+                             outpaint=["Left"], inpaint_method="Improve Detail (face, hand, eyes, etc.)",
+                             inpaint_strength=0.3)
+    with pytest.warns(UserWarning, match="upload it again"):  # gr.Warning outside an event
+        restored = ui._restore(inpaint)
+    panel = dict(zip(PANEL_RESTORED, restored[start:start + len(PANEL_RESTORED)], strict=True))
+    assert panel["input_tab"] == "inpaint" and panel["inpaint_advanced"] is True
+    assert panel["inpaint_strength"] == 0.3 and panel["inpaint_engine"] == "None"
+    assert panel["inpaint_editor"] == {"__type__": "update"}  # not stored here: the canvas keeps what it shows
+    assert _prop(panel["quick_list"], "visible") is True and _prop(panel["outpaint"], "visible") is False
