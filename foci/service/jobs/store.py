@@ -1,4 +1,8 @@
-"""The queue's logic over any SQL connection: submit, claim with leases, finish, edit, reorder, worker reports."""
+"""The queue's logic over any SQL connection: submit, claim with leases, finish, edit, reorder, worker reports.
+
+One class, kept whole (a little over 500 lines): every method works on the same connection, lock and in-memory
+progress, and the dialect hooks the SQLite and PostgreSQL stores override sit among them.
+"""
 
 from __future__ import annotations
 
