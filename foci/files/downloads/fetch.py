@@ -1,238 +1,43 @@
-"""Models on demand: the file catalogue (§2.24) and verified, resumable downloads over plain HTTP(S).
-
-Only the standard library talks to the network (`urllib.request`): Hugging Face `resolve` URLs and GitHub release
-assets are ordinary redirects to a CDN. Redirects are followed only to http(s) URLs, at most `max_redirects`, and
-only to public addresses unless the host is the one the catalogue URL or the configured mirror names
-(:mod:`foci.files.netpolicy`). A download streams into `<file>.part`, resumes with an HTTP `Range` request after a
-dropped connection (restarting from zero when the server's `Content-Range` does not continue the `.part` file or
-announces another total), retries transient failures with exponential backoff, checks size, SHA-256 and content
-(:mod:`foci.models.content`) and only then moves the file into place with `os.replace`, so a model path never
-holds a partial or unverified file.
-
-Every connect and every read waits at most `timeout` seconds, and a file that receives no byte for
-`stall_timeout` seconds, retries and their waits included, fails: a mirror that accepts connections but never
-answers costs at most :data:`DEFAULT_STALL_TIMEOUT` seconds per file. Progress reports carry the bytes done, the
-total, the speed and an ETA.
-
-The expected SHA-256 of a file is the first of: the config's `model_sha256`, the catalogue's `sha256`, and the
-pin in the hash cache (`foci models pin`, or the hash seen on the file's first download: trust on first use).
-"""
+"""The downloader: fetches catalogue files into model folders, resumable, retried, verified and atomic."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import json
 import logging
 import os
-import re
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from foci.files.folders import MODEL_KINDS, ModelFolders
+from foci.files.downloads.catalogue import CatalogueEntry, _lookup, load_catalogue, missing_files
+from foci.files.downloads.errors import DownloadError
+from foci.files.downloads.mirrors import HF_ENDPOINT, _base_url, _origin, parse_mirrors
+from foci.files.downloads.progress import DownloadProgress, ProgressCallback
+from foci.files.downloads.ranges import _content_range, _hash_prefix, _resume_problem
+from foci.files.folders import ModelFolders
 from foci.files.netpolicy import DEFAULT_MAX_REDIRECTS, AddressPolicy, AddressRefused, open_url
-from foci.settings.config import preset_performance
-from foci.settings.performance import PERFORMANCE_MODES, Performance, PerformanceError, performance_lora_names
 
 if TYPE_CHECKING:
     from foci.files.hash_cache import HashCache
 
-logger = logging.getLogger(__name__)
 
-HF_ENDPOINT = "https://huggingface.co"
-ALWAYS = "always"
-"""The `presets` tag of files every preset needs (VAE approximations, interposer, prompt expansion)."""
+logger = logging.getLogger("foci.files.downloads")  # the package's logger, as before the split
 
-PRESETS: tuple[str, ...] = ("default", "anime", "realistic", "lcm", "lightning", "playground_v2.5", "pony_v6", "sai")
-# Files an optional feature pulls on first use (§2.24 "When" column).
-FEATURE_FILES: Mapping[str, tuple[str, ...]] = {
-    "inpaint_v1": ("fooocus_inpaint_head.pth", "inpaint.fooocus.patch"),
-    "inpaint_v2.5": ("fooocus_inpaint_head.pth", "inpaint_v25.fooocus.patch"),
-    "inpaint_v2.6": ("fooocus_inpaint_head.pth", "inpaint_v26.fooocus.patch"),
-    "upscale": ("fooocus_upscaler_s409985e5.bin",),
-    "pyracanny": ("control-lora-canny-rank128.safetensors",),
-    "cpds": ("fooocus_xl_cpds_128.safetensors",),
-    "image_prompt": ("clip_vision_vit_h.safetensors", "fooocus_ip_negative.safetensors",
-                     "ip-adapter-plus_sdxl_vit-h.bin"),
-    "faceswap": ("clip_vision_vit_h.safetensors", "fooocus_ip_negative.safetensors",
-                 "ip-adapter-plus-face_sdxl_vit-h.bin", "detection_Resnet50_Final.pth", "parsing_parsenet.pth"),
-    "describe_photo": ("model_base_caption_capfilt_large.pth",),
-    "describe_anime": ("wd-v1-4-moat-tagger-v2.onnx", "wd-v1-4-moat-tagger-v2.csv"),
-    "safety_checker": ("stable-diffusion-safety-checker.bin",),
-    "sam_vit_b": ("sam_vit_b_01ec64.pth", "groundingdino_swint_ogc.pth"),
-    "sam_vit_l": ("sam_vit_l_0b3195.pth", "groundingdino_swint_ogc.pth"),
-    "sam_vit_h": ("sam_vit_h_4b8939.pth", "groundingdino_swint_ogc.pth"),
-}
 
 DEFAULT_TIMEOUT = 15.0
 """Seconds one connect or one read may wait."""
 DEFAULT_STALL_TIMEOUT = 30.0
 """Seconds a file may go without receiving a byte, retries and their waits included, before it fails."""
 
-_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-_CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
 _RETRY_STATUS = frozenset({408, 425, 429})
-_ENTRY_KEYS = frozenset({"name", "url", "folder", "size", "sha256", "licence", "presets", "save_as", "note"})
-
-
-class CatalogueError(ValueError):
-    """A malformed catalogue file, an unknown catalogue name, preset or performance."""
-
-
-class DownloadError(RuntimeError):
-    """A model file could not be made available (offline, HTTP error, failed checksum, too many retries)."""
-
-
-# --------------------------------------------------------------------------------------------------- catalogue
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """One downloadable model file."""
-
-    name: str
-    url: str
-    folder: str  # a model kind (foci.files.folders.MODEL_KINDS)
-    size: int | None
-    sha256: str | None
-    licence: str
-    presets: tuple[str, ...] = ()
-    save_as: str | None = None
-
-    @property
-    def file_name(self) -> str:
-        """The name the file has on disk (`save_as`, else `name`)."""
-        return self.save_as or self.name
-
-
-def load_catalogue(path: str | Path | None = None) -> dict[str, CatalogueEntry]:
-    """Read a catalogue JSON file (the packaged `foci/files/catalogue.json` by default), validating every entry."""
-    if path is None:
-        return dict(_packaged_catalogue())
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CatalogueError(f"cannot read catalogue {path}: {exc.strerror or exc}") from exc
-    return _parse_catalogue(text, str(path))
-
-
-@lru_cache(maxsize=1)
-def _packaged_catalogue() -> tuple[tuple[str, CatalogueEntry], ...]:
-    text = resources.files("foci.files").joinpath("catalogue.json").read_text(encoding="utf-8")
-    return tuple(_parse_catalogue(text, "foci/files/catalogue.json").items())
-
-
-def _parse_catalogue(text: str, source: str) -> dict[str, CatalogueEntry]:
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CatalogueError(f"catalogue {source} is not valid JSON: {exc}") from exc
-    raw_entries = document.get("entries") if isinstance(document, dict) else None
-    if not isinstance(raw_entries, list):
-        raise CatalogueError(f"catalogue {source} must be an object with an 'entries' list")
-    catalogue: dict[str, CatalogueEntry] = {}
-    for index, raw in enumerate(raw_entries):
-        entry = _parse_entry(raw, f"{source} entry {index}")
-        if entry.name in catalogue:
-            raise CatalogueError(f"catalogue {source}: duplicate name {entry.name!r}")
-        catalogue[entry.name] = entry
-    return catalogue
-
-
-def _parse_entry(raw: Any, where: str) -> CatalogueEntry:
-    if not isinstance(raw, dict):
-        raise CatalogueError(f"{where} must be an object")
-    unknown = sorted(set(raw) - _ENTRY_KEYS)
-    if unknown:
-        raise CatalogueError(f"{where}: unknown key {unknown[0]!r}")
-    name, url, folder = raw.get("name"), raw.get("url"), raw.get("folder")
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name:
-        raise CatalogueError(f"{where}: 'name' must be a plain file name, got {name!r}")
-    where = f"{where} ({name})"
-    if not isinstance(url, str) or not url.startswith(("https://", "http://")):
-        raise CatalogueError(f"{where}: 'url' must be an http(s) URL, got {url!r}")
-    if folder not in MODEL_KINDS:
-        raise CatalogueError(f"{where}: 'folder' must be one of {', '.join(MODEL_KINDS)}, got {folder!r}")
-    size, sha256 = raw.get("size"), raw.get("sha256")
-    if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size <= 0):
-        raise CatalogueError(f"{where}: 'size' must be a positive byte count or null, got {size!r}")
-    if sha256 is not None and (not isinstance(sha256, str) or not _SHA256_RE.match(sha256)):
-        raise CatalogueError(f"{where}: 'sha256' must be 64 lower-case hex digits or null, got {sha256!r}")
-    licence = raw.get("licence")
-    if not isinstance(licence, str) or not licence:
-        raise CatalogueError(f"{where}: 'licence' must be a non-empty string")
-    presets = raw.get("presets", [])
-    if not isinstance(presets, list) or not all(isinstance(p, str) for p in presets):
-        raise CatalogueError(f"{where}: 'presets' must be a list of preset names")
-    save_as = raw.get("save_as")
-    if save_as is not None and (not isinstance(save_as, str) or not save_as or "/" in save_as or "\\" in save_as):
-        raise CatalogueError(f"{where}: 'save_as' must be a plain file name or null, got {save_as!r}")
-    return CatalogueEntry(name=name, url=url, folder=folder, size=size, sha256=sha256, licence=licence,
-                          presets=tuple(presets), save_as=save_as)
-
-
-def required_files(preset: str, *, performance: str | None = None,
-                   catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[str]:
-    """Catalogue names a preset needs for text-to-image, in catalogue order.
-
-    The always-needed files, the preset's own files, and the LoRA of `performance` (default: the preset's own,
-    e.g. Extreme Speed for `lcm`); an explicit performance replaces the preset's performance LoRA.
-    """
-    if preset not in PRESETS:
-        raise CatalogueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-    try:
-        effective = Performance.parse(performance if performance is not None else preset_performance(preset))
-    except PerformanceError as error:
-        raise CatalogueError(str(error)) from None
-    catalogue = load_catalogue() if catalogue is None else catalogue
-    performance_loras = performance_lora_names()
-    names = [name for name, entry in catalogue.items()
-             if name not in performance_loras and (ALWAYS in entry.presets or preset in entry.presets)]
-    mode_lora = PERFORMANCE_MODES[effective].lora
-    if mode_lora is not None:
-        lora = mode_lora[0]
-        if lora not in catalogue:
-            raise CatalogueError(f"catalogue has no entry {lora!r} for performance {effective.value!r}")
-        names.append(lora)
-    return names
-
-
-def feature_files(feature: str) -> list[str]:
-    """Catalogue names an optional feature (inpaint_v2.6, upscale, image_prompt, faceswap, …) needs."""
-    try:
-        return list(FEATURE_FILES[feature])
-    except KeyError:
-        raise CatalogueError(f"unknown feature {feature!r}; known: {', '.join(FEATURE_FILES)}") from None
-
-
-# --------------------------------------------------------------------------------------------------- downloads
-
-
-@dataclass
-class DownloadProgress:
-    """One progress report. `downloaded` only goes back (to 0) when a server ignores a resume request.
-
-    `bytes_per_second` (since this download started) and `eta_seconds` are None until they can be estimated."""
-
-    name: str
-    downloaded: int
-    total: int | None
-    done: bool
-    bytes_per_second: float | None = None
-    eta_seconds: float | None = None
-
-
-ProgressCallback = Callable[[DownloadProgress], None]
 
 
 class _Transient(Exception):
@@ -255,7 +60,6 @@ class _PartState:
     last_byte_at: float = 0.0  # time.monotonic() of the last byte received (or of the download's start)
     rate_origin: tuple[float, int] | None = None  # (time, bytes) the speed is measured from
     listener: ProgressCallback | None = None  # the caller's own progress callback, besides the downloader's
-
 
 
 class Downloader:
@@ -644,14 +448,6 @@ class DownloadFailure:
     error: DownloadError
 
 
-def missing_files(names: Sequence[str], folders: ModelFolders,
-                  catalogue: Mapping[str, CatalogueEntry] | None = None) -> list[CatalogueEntry]:
-    """Catalogue entries among `names` whose file is in none of its kind's folders (no network, no hashing)."""
-    catalogue = load_catalogue() if catalogue is None else catalogue
-    entries = [_lookup(catalogue, name) for name in names]
-    return [entry for entry in entries if folders.find(entry.folder, entry.file_name) is None]
-
-
 def offline_message(missing: Sequence[tuple[CatalogueEntry, Path]], downloader: Downloader | None = None) -> str:
     """A DownloadError text listing each missing file, its URL and the folder to put it in."""
     lines = [f"offline: {len(missing)} model file(s) missing; download them and put them in place:"]
@@ -660,99 +456,3 @@ def offline_message(missing: Sequence[tuple[CatalogueEntry, Path]], downloader: 
         size = f", {entry.size} bytes" if entry.size is not None else ""
         lines.append(f"  {entry.file_name}{size}: {url} -> {folder / entry.file_name}")
     return "\n".join(lines)
-
-
-def tqdm_progress(**tqdm_kwargs: Any) -> ProgressCallback:
-    """A progress callback drawing one tqdm bar (bytes) per file; a bar closes when its file is done."""
-    from tqdm.auto import tqdm
-
-    bars: dict[str, Any] = {}
-
-    def callback(event: DownloadProgress) -> None:
-        bar = bars.get(event.name)
-        if bar is None:
-            options = {"unit": "B", "unit_scale": True, "unit_divisor": 1024, "desc": event.name, **tqdm_kwargs}
-            bar = bars[event.name] = tqdm(total=event.total, initial=event.downloaded, **options)
-        if event.total is not None and bar.total != event.total:
-            bar.total = event.total
-        bar.n = event.downloaded
-        bar.refresh()
-        if event.done:
-            bar.close()
-            del bars[event.name]
-
-    return callback
-
-
-def parse_mirrors(text: str) -> dict[str, str]:
-    """`ORIGIN=URL` pairs (separated by spaces or commas) as {origin: base URL}; a bad pair is a DownloadError."""
-    mirrors = {}
-    for pair in re.split(r"[\s,]+", text.strip()):
-        if not pair:
-            continue
-        origin, sep, base = pair.partition("=")
-        if not sep:
-            raise DownloadError(f"mirror {pair!r} must be ORIGIN=URL, e.g. https://huggingface.co=https://my-mirror")
-        mirrors[_origin(origin)] = _base_url(base)
-    return mirrors
-
-
-def _base_url(url: str) -> str:
-    if not url.startswith(("https://", "http://")):
-        raise DownloadError(f"mirror must be an http(s) base URL, got {url!r}")
-    return url.rstrip("/")
-
-
-def _origin(url: str) -> str:
-    """`scheme://host[:port]` of a URL given as an origin (a bare host means https)."""
-    url = url.strip().rstrip("/")
-    if "://" not in url:
-        url = "https://" + url
-    if not url.startswith(("https://", "http://")) or "/" in url.split("://", 1)[1]:
-        raise DownloadError(f"mirror origin must be scheme://host, got {url!r}")
-    return url
-
-
-def _lookup(catalogue: Mapping[str, CatalogueEntry], name: str) -> CatalogueEntry:
-    try:
-        return catalogue[name]
-    except KeyError:
-        raise CatalogueError(f"unknown model file {name!r}: not in the catalogue") from None
-
-
-def _content_range(header: str | None) -> tuple[int | None, int | None, int | None]:
-    match = _CONTENT_RANGE_RE.match(header or "")
-    if not match:
-        return None, None, None
-    start, end, total = match.groups()
-    return (int(start) if start else None, int(end) if end else None,
-            int(total) if total and total != "*" else None)
-
-
-def _resume_problem(response: http.client.HTTPResponse, offset: int, expected_total: int | None) -> str | None:
-    """Why a 206 answer does not continue a `.part` file of `offset` bytes, or None when it does."""
-    header = response.headers.get("Content-Range")
-    start, end, total = _content_range(header)
-    if start != offset:
-        return f"server resumed at byte {start}, not {offset} (Content-Range {header!r})"
-    if total is None:
-        return f"server announced no total size (Content-Range {header!r})"
-    if expected_total is not None and total != expected_total:
-        return f"server announced a total of {total} bytes, not {expected_total} (Content-Range {header!r})"
-    if end is not None and end != total - 1:
-        return f"server sent a range ending at byte {end}, not at the end of the file (Content-Range {header!r})"
-    length = response.headers.get("Content-Length")
-    if length is not None and length.isdigit() and int(length) != total - offset:
-        return f"server sent {length} bytes for a range of {total - offset}"
-    return None
-
-
-def _hash_prefix(path: Path, length: int) -> Any:
-    digest = hashlib.sha256()
-    if length:
-        with open(path, "rb") as handle:
-            remaining = length
-            while remaining and (block := handle.read(min(1 << 20, remaining))):
-                digest.update(block)
-                remaining -= len(block)
-    return digest

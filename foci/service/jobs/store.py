@@ -1,248 +1,49 @@
-"""The job queue: a store of generation jobs that survives restarts and crashes — SQLite here (the embedded
-default), PostgreSQL in :mod:`foci.service.postgres`; both share this module's logic (:class:`SqlJobStore`).
+"""The queue's logic over any SQL connection: submit, claim with leases, finish, edit, reorder, worker reports.
 
-Every job moves ``queued → running → done | failed | cancelled`` (``queued → cancelled`` directly when cancelled
-before it starts) and ends exactly once. The queue order is ``priority`` (higher first), then ``position`` (a real
-column, smaller first: FIFO for plain submissions, changed by :meth:`JobStore.move`).
-
-    store = JobStore(Path("jobs.sqlite3"))
-    store.recover()                                   # once at start-up: jobs left running by a crash re-queue
-    job = store.submit(task, priority=0)
-    claimed = store.claim_next()                      # a worker: queued → running
-    store.complete(claimed.id, [JobImage(path="2026-01-01/x.png", seed=1, width=64, height=64)])
-
-One connection per store (``check_same_thread=False``) guarded by a lock; WAL journal and a busy timeout, so several
-processes may share one file (each claim is one ``BEGIN IMMEDIATE`` transaction).
-
-Workers on other processes or machines claim with a *lease* (``claim_next(worker=ID, lease_seconds=S)``) that they
-renew with :meth:`SqlJobStore.heartbeat`; a job whose lease ran out (its worker died) goes back to the queue exactly
-once, at the next claim by any worker, and the dead worker can no longer complete it. Without a lease (the embedded
-worker) a crash is repaired by :meth:`SqlJobStore.recover` at the next start, as before.
+One class, kept whole (a little over 500 lines): every method works on the same connection, lock and in-memory
+progress, and the dialect hooks the SQLite and PostgreSQL stores override sit among them.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from enum import Enum
-from pathlib import Path
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 from typing_extensions import Self
 
+from foci.service.jobs.records import (
+    FINAL_STATES,
+    ClaimChooser,
+    Job,
+    JobError,
+    JobImage,
+    JobProgress,
+    JobState,
+    UnknownJobError,
+    WorkerInfo,
+    _check_int,
+    _check_webhook_url,
+)
+from foci.service.jobs.table import _QUEUE_ORDER, _SELECT, MIGRATIONS, SCHEMA_VERSION, _task_json, row_dict, row_to_job
 from foci.task import GenerationTask, check_text, encodable
 
-SCHEMA_VERSION = 2
 DEFAULT_MAX_ATTEMPTS = 3
 WORKER_MAX_AGE = 15.0  # seconds without a report after which a worker counts as gone
 MAX_LIST_LIMIT = 10_000
-_BUSY_TIMEOUT_MS = 10_000
+
+
 _MIN_GAP = 1e-9  # below this gap between two positions the queue is renumbered
 
 
-def _task_json(task: GenerationTask) -> str:
-    """Only the fields the submitter set: defaults that depend on the performance mode (steps) must stay
-    undecided until the engine applies the mode (a full dump would mark every field as chosen)."""
-    return json.dumps(task.model_dump(mode="json", exclude_unset=True))
-
-
-class JobState(str, Enum):
-    """Where a job is in its life."""
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def final(self) -> bool:
-        """True for done, failed and cancelled: nothing happens to the job any more."""
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.CANCELLED})
-
-
-class JobImage(BaseModel):
-    """One image a job produced; ``path`` is relative to the output folder, with ``/`` separators."""
-
-    path: str
-    seed: int
-    width: int
-    height: int
-
-
-class DownloadStatus(BaseModel):
-    """A model file the job is downloading before it can sample."""
-
-    file: str
-    downloaded_bytes: int
-    total_bytes: int | None = None
-    bytes_per_second: float | None = None
-    eta_seconds: float | None = None
-    done: bool = False
-
-    def describe(self) -> str:
-        """``Downloading FILE … 12.3 MB / 6.9 GB, 4.5 MB/s, about 25 min left``."""
-        from foci.files.download_hints import human_bytes
-
-        total = f" / {human_bytes(self.total_bytes)}" if self.total_bytes is not None else ""
-        text = f"Downloading {self.file} … {human_bytes(self.downloaded_bytes)}{total}"
-        if self.done:
-            return text + ", done"
-        if self.bytes_per_second:
-            text += f", {human_bytes(self.bytes_per_second)}/s"
-        if self.eta_seconds is not None:
-            eta = self.eta_seconds
-            text += f", about {eta:.0f} s left" if eta < 90 else f", about {eta / 60:.0f} min left"
-        return text
-
-
-class JobProgress(BaseModel):
-    """Where a running job is: overall percent, the current image and step, and an ETA; ``download`` while it
-    downloads a model file (then step and total_steps are 0)."""
-
-    percent: float
-    step: int
-    total_steps: int
-    image_index: int
-    image_count: int
-    eta_seconds: float | None = None
-    message: str = ""
-    download: DownloadStatus | None = None
-
-
-class Job(BaseModel):
-    """A queued, running or finished generation task."""
-
-    id: str
-    task: GenerationTask
-    state: JobState
-    priority: int = 0
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    error: str | None = None
-    images: list[JobImage] = Field(default_factory=list)
-    progress: JobProgress | None = None
-    webhook_url: str | None = None
-    attempts: int = 0
-    skipped_images: int = 0
-    cancel_requested: bool = False
-    worker: str | None = Field(None, description="the worker that runs (or last ran) the job")
-    unreadable: bool = Field(False, description="the stored job could not be read; it is reported as failed")
-
-
-class JobError(ValueError):
-    """An unknown job or a change its state does not allow (editing a running job, completing a queued one…)."""
-
-
-class UnknownJobError(JobError):
-    """No job has this id."""
-
-
-_COLUMNS = ("id", "task", "state", "priority", "position", "created_at", "started_at", "finished_at", "error",
-            "images", "progress", "webhook_url", "attempts", "skipped_images", "cancel_requested", "worker",
-            "lease_until")
-_SELECT = f"SELECT {', '.join(_COLUMNS)} FROM jobs"
-_QUEUE_ORDER = "priority DESC, position ASC, created_at ASC, rowid ASC"
-# Versioned migrations: MIGRATIONS[v] takes a version v-1 database to version v (types written for SQLite; the
-# PostgreSQL store translates them). A database newer than SCHEMA_VERSION is refused.
-MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: ("""CREATE TABLE IF NOT EXISTS jobs (
-            id TEXT PRIMARY KEY,
-            task TEXT NOT NULL,
-            state TEXT NOT NULL,
-            priority INTEGER NOT NULL DEFAULT 0,
-            position REAL NOT NULL,
-            created_at REAL NOT NULL,
-            started_at REAL,
-            finished_at REAL,
-            error TEXT,
-            images TEXT NOT NULL DEFAULT '[]',
-            progress TEXT,
-            webhook_url TEXT,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            skipped_images INTEGER NOT NULL DEFAULT 0,
-            cancel_requested INTEGER NOT NULL DEFAULT 0)""",
-        "CREATE INDEX IF NOT EXISTS jobs_queue ON jobs (state, priority, position)",
-        "CREATE INDEX IF NOT EXISTS jobs_position ON jobs (position)",
-        "CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at)"),
-    2: ("ALTER TABLE jobs ADD COLUMN worker TEXT",
-        "ALTER TABLE jobs ADD COLUMN lease_until REAL",
-        """CREATE TABLE IF NOT EXISTS workers (
-            id TEXT PRIMARY KEY,
-            info TEXT NOT NULL,
-            last_seen REAL NOT NULL)"""),
-}
-
-
-
-def _check_webhook_url(url: str | None) -> str | None:
-    if url is None:
-        return None
-    if not isinstance(url, str):
-        raise JobError(f"webhook_url must be a string, got {type(url).__name__}")
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
-        raise JobError(f"webhook_url must be an http:// or https:// URL, got {url!r}")
-    return url.strip()
-
-
-def _decode_text(data: bytes) -> str:
-    """SQLite text as str; bytes that are not UTF-8 become lone surrogates, which :meth:`JobStore._to_job` then
-    reports as an unreadable job instead of failing the whole query."""
-    return data.decode("utf-8", "surrogateescape")
-
-
-def _float_or(value: object, default: float) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
-
-
-def _check_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise JobError(f"{name} must be an integer, got {value!r}")
-    return value
-
-
-class WorkerInfo(BaseModel):
-    """What a worker reports about itself (``/v1/health``, ``/metrics`` and model-affinity routing)."""
-
-    id: str
-    name: str
-    node: str = ""
-    state: str = "idle"  # idle, busy or stopped
-    current_job: str | None = None
-    models: list[dict[str, Any]] = Field(default_factory=list, description="model sets it holds (base, refiner, "
-                                         "loras), newest first")
-    jobs_done: int = 0
-    model_loads: int = 0
-    step_seconds_sum: float = 0.0
-    step_count: int = 0
-    queue_wait_seconds_sum: float = 0.0
-    queue_wait_count: int = 0
-    last_seen: float = 0.0
-
-
-class ClaimChooser(Protocol):
-    """Picks which queued job a worker takes (model-affinity routing, :mod:`foci.service.routing`)."""
-
-    def choose(self, candidates: Sequence[Job], peers: Sequence[WorkerInfo], now: float) -> str | None:
-        """The id of one of ``candidates`` (queued jobs in queue order) to claim, or None to take none now."""
-        ...
-
-
 class SqlJobStore:
-    """The queue's logic over a DB-API-like connection, for any SQL dialect the subclasses speak (see the module
-    docstring). Thread-safe: one connection per store, guarded by a lock.
+    """The queue's logic over a DB-API-like connection, for any SQL dialect the subclasses speak (see
+    :mod:`foci.service.jobs`). Thread-safe: one connection per store, guarded by a lock.
 
     ``progress_flush_interval``: :meth:`set_progress` keeps the newest progress in memory (what :meth:`get` and
     :meth:`list` return for a running job) and writes it to the database at most this often per job.
@@ -316,42 +117,11 @@ class SqlJobStore:
         row = self._exec(conn, f"{_SELECT} WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise UnknownJobError(f"no job with id {job_id!r}")
-        return dict(zip(_COLUMNS, row, strict=True))
+        return row_dict(row)
+
     def _to_job(self, row: dict[str, Any]) -> Job:
         """The job a row holds; a row this Foci cannot decode becomes a failed job marked ``unreadable``."""
-        try:
-            return self._decode(row)
-        except (ValidationError, ValueError, TypeError, KeyError) as error:
-            return self._unreadable(row, error)
-
-    def _decode(self, row: dict[str, Any]) -> Job:
-        for name, value in row.items():
-            if isinstance(value, str):
-                try:
-                    check_text(value)
-                except ValueError as error:
-                    raise ValueError(f"{name}: {error}") from None
-        task = GenerationTask.model_validate(json.loads(row["task"]))
-        progress = self._live_progress.get(row["id"]) if row["state"] == JobState.RUNNING.value else None
-        if progress is None and row["progress"]:
-            progress = JobProgress.model_validate_json(row["progress"])
-        return Job(id=row["id"], task=task, state=JobState(row["state"]), priority=row["priority"],
-                   created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
-                   error=row["error"], images=[JobImage.model_validate(i) for i in json.loads(row["images"])],
-                   progress=progress, webhook_url=row["webhook_url"], attempts=row["attempts"],
-                   skipped_images=row["skipped_images"], cancel_requested=bool(row["cancel_requested"]),
-                   worker=row["worker"])
-
-    @staticmethod
-    def _unreadable(row: dict[str, Any], error: Exception) -> Job:
-        job_id = encodable(str(row.get("id")))
-        first = encodable(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        priority = row.get("priority")
-        return Job(id=job_id, task=GenerationTask(), state=JobState.FAILED, unreadable=True,
-                   priority=priority if isinstance(priority, int) else 0,
-                   created_at=_float_or(row.get("created_at"), 0.0),
-                   finished_at=_float_or(row.get("finished_at"), _float_or(row.get("created_at"), 0.0)),
-                   error=f"job {job_id} holds data this Foci cannot read: {first}")
+        return row_to_job(row, self._live_progress)
 
     def _get(self, conn: Any, job_id: str) -> Job:
         return self._to_job(self._row(conn, job_id))
@@ -420,7 +190,7 @@ class SqlJobStore:
         with self._lock:
             rows = self._exec(self._conn, f"{_SELECT}{where} ORDER BY {order} LIMIT ? OFFSET ?",
                                       (*params, limit, offset)).fetchall()
-            return [self._to_job(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+            return [self._to_job(row_dict(row)) for row in rows]
 
     def count(self, *, states: Sequence[JobState] | None = None) -> int:
         """How many jobs are in the given states (all jobs without ``states``)."""
@@ -487,7 +257,7 @@ class SqlJobStore:
                           f"{self._lock_clause()}", (limit,)).fetchall()
         if not rows:
             return None
-        candidates = [self._to_job(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
+        candidates = [self._to_job(row_dict(row)) for row in rows]
         unreadable = next((job.id for job in candidates if job.unreadable), None)
         if chooser is None or unreadable is not None:
             return unreadable or candidates[0].id
@@ -757,55 +527,3 @@ class SqlJobStore:
             except ValidationError:
                 continue  # a row from another Foci version: not a peer this one can route with
         return sorted(workers, key=lambda worker: (worker.name, worker.id))
-
-
-class JobStore(SqlJobStore):
-    """Jobs in one SQLite file (see the module docstring): the embedded default. Use one store per process and
-    file; several processes may share the file."""
-
-    def __init__(self, path: Path, *, progress_flush_interval: float = 1.0) -> None:
-        super().__init__(progress_flush_interval=progress_flush_interval)
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = sqlite3.connect(str(self.path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                         check_same_thread=False)
-            self._conn.text_factory = _decode_text
-            self._conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            self._conn.execute("PRAGMA journal_mode = WAL")
-            self._conn.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
-        except sqlite3.DatabaseError as error:
-            self._conn.close()
-            raise JobError(f"cannot open the job database {self.path}: {error}") from None
-        except JobError as error:
-            self._conn.close()
-            raise JobError(f"cannot open the job database {self.path}: {error}") from None
-
-    def __repr__(self) -> str:
-        return f"JobStore({str(self.path)!r})"
-
-    @contextmanager
-    def _write(self, *, serial: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken at once (``BEGIN IMMEDIATE``) so concurrent writers queue up."""
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-
-    def _schema_version(self, conn: sqlite3.Connection) -> int | None:
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        return conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
-
-    def _migration_sql(self, statement: str) -> str:
-        if statement.startswith("ALTER TABLE jobs ADD COLUMN"):  # SQLite has no ADD COLUMN IF NOT EXISTS
-            column = statement.split()[5]
-            existing = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)").fetchall()}
-            if column in existing:
-                return "SELECT 1"
-        return statement
