@@ -227,14 +227,16 @@ def test_200_jobs_over_two_ray_workers_with_cancels_and_a_killed_worker(
         assert len(pool.members) == 2 and pool.alive
         cancelled: set[str] = set()
         for index in range(200):  # every tenth is cancelled at once (while queued or, rarely, running)
-            job = store.submit(task_for("A.safetensors" if index % 3 else "B.safetensors", index))
+            # every twentieth job is long (25 images of 2 steps), so the killed worker is caught mid-job
+            job = store.submit(task_for("A.safetensors" if index % 3 else "B.safetensors", index,
+                                        image_number=25 if index % 20 == 7 else 1))
             if index % 10 == 5:
                 with contextlib.suppress(JobError):  # it may have finished already
                     store.cancel(job.id)
                     cancelled.add(job.id)
         assert len(cancelled) >= 18
         wait_for(lambda: store.count(states=[JobState.DONE]) >= 40, 60, "40 jobs done")
-        victim, victim_job = busy_member(pool, store)
+        victim, victim_job = busy_member(pool, store, long_only=True)
         pool.kill(victim)
         wait_for(lambda: store.count(states=FINAL) == 200, 120, "every job to end")
         survivors = pool.workers_info()
@@ -248,8 +250,8 @@ def test_200_jobs_over_two_ray_workers_with_cancels_and_a_killed_worker(
     assert {job_id for job_id, job in by_id.items() if job.state is JobState.CANCELLED} == cancelled
     done = [job for job in history if job.id not in cancelled]
     assert all(job.state is JobState.DONE for job in done)
-    assert all(len(job.images) == 1 and (out / job.images[0].path).is_file() for job in done)
-    assert len({job.images[0].path for job in done}) == len(done)  # one image each, never a second run's
+    assert all(len(job.images) == job.task.image_number and (out / job.images[0].path).is_file() for job in done)
+    assert len({job.images[0].path for job in done}) == len(done)  # each job's own images, never a second run's
     rerun = by_id[victim_job]
     assert rerun.state is JobState.DONE and rerun.attempts == 2 and rerun.worker != pool.members[victim].worker_id
     assert all(job.attempts == 1 for job in done if job.id != victim_job)
@@ -263,12 +265,14 @@ def test_200_jobs_over_two_ray_workers_with_cancels_and_a_killed_worker(
     assert [info.name for info in survivors] == [pool.members[1 - victim].name]  # the dead one is not listed
 
 
-def busy_member(pool: Any, store: Any) -> tuple[int, str]:
-    """The index of an actor that is running a job now, and that job's id."""
+def busy_member(pool: Any, store: Any, *, long_only: bool = False) -> tuple[int, str]:
+    """The index of an actor that is running a job now (with ``long_only``, a job of several images), and that
+    job's id."""
     found: list[tuple[int, str]] = []
 
     def look() -> bool:
-        running = {job.worker: job.id for job in store.list(states=[JobState.RUNNING])}
+        running = {job.worker: job.id for job in store.list(states=[JobState.RUNNING])
+                   if not long_only or job.task.image_number > 1}
         found[:] = [(index, running[member.worker_id]) for index, member in enumerate(pool.members)
                     if member.worker_id in running]
         return bool(found)
