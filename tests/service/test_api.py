@@ -798,6 +798,18 @@ def test_docs_page_renders_offline(tmp_path: Path) -> None:
             text = page.inner_text("body")
             assert "/v1/jobs/{job_id}/events" in text and "Queue a job" in text and "TaskFields" in text
             assert page.locator(".op").count() >= 15
+            # no internal references (spec sections, Sphinx roles, double backticks) reach a reader
+            assert "§" not in text and "``" not in text and ":class:" not in text
+            # the request fields of POST /v1/jobs, with their bounds and defaults
+            jobs = page.locator(".op", has_text="Queue a job").first
+            jobs.locator("summary", has_text="request fields").click()
+            assert "priority" in jobs.inner_text() and "task" in jobs.inner_text()
+            # try a request from the page
+            health = page.locator(".op", has=page.locator("code", has_text="/v1/health")).first
+            health.locator("summary", has_text="Try it").click()
+            health.get_by_role("button", name="Send GET").click()
+            page.wait_for_function("() => [...document.querySelectorAll('.out')].some(e => e.textContent)")
+            assert health.locator(".out").inner_text().startswith("200")
             assert outside == []
         finally:
             browser.close()
