@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder holding a tiny base and a tiny refiner checkpoint in the original SDXL layout."""
+    """A models folder holding a tiny base and a tiny refiner checkpoint in the original SDXL layout, plus the
+    inpaint head, the v2.6 inpaint patch and the upscaler."""
     from foci.dev.synthetic import write_checkpoint
 
     root = tmp_path_factory.mktemp("models")
@@ -33,6 +34,20 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     checkpoints.mkdir()
     write_checkpoint(checkpoints / "tiny-base.safetensors", size="tiny", kind="base", seed=0)
     write_checkpoint(checkpoints / "tiny-refiner.safetensors", size="tiny", kind="refiner", seed=1)
+    # the Input Image models Fooocus's inpaint (v2.6, the default engine) and upscale use, sized for the tiny UNet
+    from foci.dev.make_models import (
+        FOOOCUS_UPSCALER,
+        INPAINT_HEAD,
+        INPAINT_PATCHES,
+        tiny_unet_channels,
+        write_inpaint_head,
+        write_inpaint_patch,
+        write_tiny_upscaler,
+    )
+
+    write_inpaint_head(root / "inpaint" / INPAINT_HEAD, channels=tiny_unet_channels())
+    write_inpaint_patch(root / "inpaint" / INPAINT_PATCHES["v2.6"], seed=3)
+    write_tiny_upscaler(root / "upscale_models" / FOOOCUS_UPSCALER)
     return root
 
 

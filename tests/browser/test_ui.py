@@ -671,7 +671,15 @@ def test_a_mask_drawn_on_the_canvas_is_queued_with_the_image(page: Any, live_ui:
     assert mask.shape == (height, width)
     assert mask[30, 40:71].min() == 255  # white along the stroke …
     assert mask[:, 120:].max() == 0 and mask[100:, :].max() == 0  # … and black away from it
-    page.locator("#foci-generate").wait_for(state="visible")  # the job ends (the engine may not inpaint yet)
+    done = _wait_for(lambda: (j := _queued(live_ui, "a kite in the corner")).state.final and j, timeout=600,
+                     message="the inpaint job to end")
+    assert done.state is JobState.DONE, done.error
+    (result,) = done.images
+    picture = np.asarray(Image.open(live_ui.output_dir / result.path).convert("RGB"))
+    assert picture.shape == pixels.shape
+    # beyond the mask's bounding box plus the ~32-pixel feather every pixel is the input's, exactly
+    assert np.array_equal(picture[:, 160:], pixels[:, 160:]) and np.array_equal(picture[110:], pixels[110:])
+    page.locator("#foci-generate").wait_for(state="visible")
 
 
 @needs_chromium
