@@ -13,6 +13,7 @@ from foci.apps.ui_controls import RESTRICTED_CONTROLS, progress_html, values_fro
 from foci.apps.ui_history import HISTORY_PATH
 from foci.fields import FieldFacts, task_fields
 from foci.records.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL
+from foci.settings.aspect_ratios import aspect_label
 from foci.settings.config import available_presets
 from foci.settings.performance import Performance
 
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from foci.apps.webui import FociUI
 
 PROMPT_PLACEHOLDER = "Describe the picture you want… (or paste image parameters as JSON)"
+IDLE_TEXT = "Ready: type a prompt and press Generate"
+IMAGE_AREA_HEIGHT = 440
+"""Height in pixels of the preview and gallery row: with the prompt row under it, Stop stays in a 1280×800 window."""
 
 
 class _Field:
@@ -55,11 +59,13 @@ class FociLayout:
             saved = gr.State(initial.saved)
             with gr.Row(elem_id="foci-main"):
                 with gr.Column(scale=2, elem_id="foci-left"):
-                    preview = gr.Image(label="Preview", format="png", interactive=False, visible=False,
-                                       height=320, elem_id="foci-preview")
-                    progress = gr.HTML(progress_html(0, "Ready", state="idle"), elem_id="foci-progress")
-                    gallery = gr.Gallery(label="Results", format="png", columns=2, height=560, object_fit="contain",
-                                         elem_id="foci-gallery", interactive=False)
+                    with gr.Row(elem_id="foci-images"):  # preview beside the gallery: Stop stays in view
+                        preview = gr.Image(label="Preview", format="png", interactive=False, visible=False,
+                                           height=IMAGE_AREA_HEIGHT, elem_id="foci-preview", scale=1, min_width=160)
+                        gallery = gr.Gallery(label="Results", format="png", columns=2, height=IMAGE_AREA_HEIGHT,
+                                             object_fit="contain", elem_id="foci-gallery", interactive=False,
+                                             scale=2)
+                    progress = gr.HTML(progress_html(0, IDLE_TEXT, state="idle"), elem_id="foci-progress")
                     with gr.Row(elem_id="foci-prompt-row"):
                         prompt = field("prompt", gr.Textbox(values["prompt"], lines=3, show_label=False,
                                                             placeholder=PROMPT_PLACEHOLDER, scale=8,
@@ -89,7 +95,7 @@ class FociLayout:
                         field("performance", gr.Radio([mode.value for mode in Performance],
                                                       value=values["performance"], label="Performance",
                                                       elem_id="foci-performance"))
-                        with gr.Accordion("Aspect Ratios", open=False):
+                        with gr.Accordion(aspect_heading(values["aspect_ratio"]), open=False) as aspect_box:
                             field("aspect_ratio", gr.Radio(self._aspect_choices(values["aspect_ratio"]),
                                                            value=values["aspect_ratio"], show_label=False,
                                                            elem_id="foci-aspect"))
@@ -126,14 +132,15 @@ class FociLayout:
                         for row in range(self.lora_rows):
                             with gr.Row():
                                 field(f"lora_enabled_{row}", gr.Checkbox(values[f"lora_enabled_{row}"],
-                                                                         label="Enable", scale=1,
-                                                                         min_width=60))
+                                                                         label="Enable", scale=0,
+                                                                         min_width=96))
                                 lora_names.append(field(f"lora_name_{row}", gr.Dropdown(
                                     [NO_MODEL_LABEL, *self._files("loras")], value=values[f"lora_name_{row}"],
-                                    label=f"LoRA {row + 1}", allow_custom_value=True, scale=5)))
+                                    label=f"LoRA {row + 1}", allow_custom_value=True, scale=3, min_width=180)))
                                 field(f"lora_weight_{row}", gr.Slider(
                                     settings.default_loras_min_weight, settings.default_loras_max_weight,
-                                    value=values[f"lora_weight_{row}"], step=0.01, label="Weight", scale=5))
+                                    value=values[f"lora_weight_{row}"], step=0.01, label="Weight", scale=2,
+                                    min_width=120))
                         refresh = gr.Button("Refresh files", size="sm")
                     with gr.Tab("Advanced", elem_id="foci-tab-advanced"):
                         self._controls_at("advanced", values, locked=initial.locked)
@@ -144,9 +151,9 @@ class FociLayout:
             self._wire(dict(
                 preview=preview, progress=progress, gallery=gallery, prompt=prompt, generate=generate,
                 load_parameters=load_parameters, stop=stop, skip=skip, advanced=advanced, forever=forever,
-                right=right, preset=preset, random=random, image_file=image_file, style_search=style_search,
-                styles=styles, base=base, refiner=refiner, lora_names=lora_names, refresh=refresh,
-                developer=developer, developer_box=developer_box, saved=saved, **panel))
+                right=right, preset=preset, random=random, aspect_box=aspect_box, image_file=image_file,
+                style_search=style_search, styles=styles, base=base, refiner=refiner, lora_names=lora_names,
+                refresh=refresh, developer=developer, developer_box=developer_box, saved=saved, **panel))
         return blocks
 
     def _controls_at(self, place: str, values: dict[str, Any], *, locked: bool) -> None:
@@ -229,6 +236,9 @@ class FociLayout:
                                outputs=fields["seed"], show_progress="hidden", api_visibility="private")
         parts["prompt"].change(lambda text: gr.Button(visible=_looks_like_json(text)), inputs=parts["prompt"],
                                outputs=parts["load_parameters"], show_progress="hidden", api_visibility="private")
+        fields["aspect_ratio"].change(lambda ratio: gr.Accordion(label=aspect_heading(ratio)),
+                                      inputs=fields["aspect_ratio"], outputs=parts["aspect_box"],
+                                      show_progress="hidden", api_visibility="private")
         restricted = [fields[name] for name in RESTRICTED_CONTROLS]
         fields["performance"].change(self.change_performance,
                                      inputs=[fields["performance"], parts["saved"], *restricted],
@@ -251,6 +261,14 @@ class FociLayout:
         model_dropdowns = [parts["base"], parts["refiner"], *parts["lora_names"]]
         parts["refresh"].click(self.refresh_files, inputs=[parts["base"]], outputs=model_dropdowns,
                                show_progress="hidden", api_visibility="private")
+
+
+def aspect_heading(ratio: str | None) -> str:
+    """The Aspect Ratios accordion's heading, naming the chosen size."""
+    try:
+        return f"Aspect Ratios: {aspect_label(ratio)}" if ratio else "Aspect Ratios"
+    except ValueError:
+        return "Aspect Ratios"
 
 
 def _looks_like_json(text: str | None) -> bool:

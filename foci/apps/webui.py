@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,15 +199,17 @@ class FociUI(FociLayout, InputPanel, HistoryPages):
             task = self.make_task(values, random=random, inputs=inputs)
         except UIError as error:
             raise gr.Error(str(error), print_exception=False) from None
+        shown: list[JobImage] = []  # the gallery: "generate forever" keeps each run's images
         try:
             while True:
                 job = self.store.submit(task)
                 session.job_id = job.id
-                if self.worker is not None:
-                    self.worker.wake()
-                yield self._running_updates(progress=progress_html(0, "Waiting for the worker…"), gallery=[],
-                                            seed=str(task.seed))
-                yield from self._follow(job.id)
+                with self.bus.subscribe(job.id) as subscription:  # before the worker starts: no event is missed
+                    if self.worker is not None:
+                        self.worker.wake()
+                    yield self._running_updates(progress=progress_html(0, "Waiting for the worker…"),
+                                                gallery=self._gallery(shown), seed=str(task.seed))
+                    shown = yield from self._follow(job.id, subscription, shown)
                 if self.store.get(job.id).state is not JobState.DONE or not session.forever:
                     break
                 task = task.model_copy(update={"seed": random_seed() if random else
@@ -220,33 +222,36 @@ class FociUI(FociLayout, InputPanel, HistoryPages):
     def _gallery(self, images: list[JobImage]) -> list[tuple[str, str]]:
         return [(str(self.output_dir / image.path), f"seed {image.seed}") for image in images]
 
-    def _follow(self, job_id: str) -> Iterator[list[Any]]:
-        """Stream one job's events until it ends (polls the store too, so no end is missed)."""
-        subscription = self.bus.subscribe(job_id)
-        images: list[JobImage] = []
+    def _follow(self, job_id: str, subscription: Subscription,
+                earlier: list[JobImage]) -> Generator[list[Any], None, list[JobImage]]:
+        """Stream one job's events until it ends (polls the store too, so no end is missed); each finished image
+        joins the gallery (after the ``earlier`` ones) at once. Returns the gallery's images at the end."""
+        images = list(earlier)
         last_text = ""
-        try:
-            while True:
-                first: JobEvent | None = subscription.get(POLL_SECONDS)
-                if first is None:
-                    job = self.store.get(job_id)
-                    if job.state in FINISHED_STATES:
-                        yield self._finished(job)
-                        return
-                    text = self._waiting_text(job)
-                    if text and text != last_text:
-                        last_text = text
-                        yield self._running_updates(progress=progress_html(0, text))
-                    continue
-                for event in _coalesce(first, subscription):
-                    update = self._event_update(event, images)
-                    if update is not None:
-                        yield update
-                    if event.kind in ("done", "failed", "cancelled"):
-                        yield self._finished(self.store.get(job_id))
-                        return
-        finally:
-            subscription.close()
+        while True:
+            first: JobEvent | None = subscription.get(POLL_SECONDS)
+            if first is None:
+                job = self.store.get(job_id)
+                if job.state in FINISHED_STATES:
+                    return (yield from self._finish(job, earlier, images))
+                text = self._waiting_text(job)
+                if text and text != last_text:
+                    last_text = text
+                    yield self._running_updates(progress=progress_html(0, text))
+                continue
+            for event in _coalesce(first, subscription):
+                update = self._event_update(event, images)
+                if update is not None:
+                    yield update
+                if event.kind in ("done", "failed", "cancelled"):
+                    return (yield from self._finish(self.store.get(job_id), earlier, images))
+
+    def _finish(self, job: Job, earlier: list[JobImage],
+                streamed: list[JobImage]) -> Generator[list[Any], None, list[JobImage]]:
+        """The job's final update; the gallery keeps the images shown so far (a done job's as stored)."""
+        images = [*earlier, *job.images] if job.state is JobState.DONE else streamed
+        yield self._finished(job, images)
+        return images
 
     def _waiting_text(self, job: Job) -> str:
         if job.state is not JobState.QUEUED:
@@ -278,7 +283,9 @@ class FociUI(FociLayout, InputPanel, HistoryPages):
             gr.Info("Image skipped")
         return None
 
-    def _finished(self, job: Job) -> list[Any]:
+    def _finished(self, job: Job, images: list[JobImage]) -> list[Any]:
+        """The last update of a job: its outcome on the progress line (a failure only there, in red: one
+        message, and no pop-up over it) and ``images`` in the gallery."""
         if job.state is JobState.DONE:
             count = len(job.images)
             skipped = f", {job.skipped_images} skipped" if job.skipped_images else ""
@@ -287,10 +294,9 @@ class FociUI(FociLayout, InputPanel, HistoryPages):
             text = "Stopped"
         else:
             text = f"Failed: {job.error or 'unknown error'}"
-            gr.Warning(text)
         percent = 100 if job.state is JobState.DONE else 0
         return self._running_updates(progress=progress_html(percent, text, state=job.state.value),
-                                     gallery=self._gallery(job.images),
+                                     gallery=self._gallery(images),
                                      preview=gr.Image(visible=False, value=None))
 
     def stop(self, request: gr.Request) -> list[Any]:
