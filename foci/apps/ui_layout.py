@@ -129,18 +129,18 @@ class FociLayout:
                             interactive=not initial.locked, elem_id="foci-refiner"))
                         self._controls_at("models", values, locked=initial.locked)
                         lora_names: list[gr.Dropdown] = []
-                        for row in range(self.lora_rows):
-                            with gr.Row():
-                                field(f"lora_enabled_{row}", gr.Checkbox(values[f"lora_enabled_{row}"],
-                                                                         label="Enable", scale=0,
-                                                                         min_width=96))
-                                lora_names.append(field(f"lora_name_{row}", gr.Dropdown(
-                                    [NO_MODEL_LABEL, *self._files("loras")], value=values[f"lora_name_{row}"],
-                                    label=f"LoRA {row + 1}", allow_custom_value=True, scale=3, min_width=180)))
+                        for row in range(self.lora_rows):  # name beside "Enable", weight under them
+                            with gr.Group(elem_classes="foci-lora"):
+                                with gr.Row():
+                                    field(f"lora_enabled_{row}", gr.Checkbox(
+                                        values[f"lora_enabled_{row}"], label="Enable", scale=0, min_width=100,
+                                        elem_classes="foci-lora-enable"))
+                                    lora_names.append(field(f"lora_name_{row}", gr.Dropdown(
+                                        [NO_MODEL_LABEL, *self._files("loras")], value=values[f"lora_name_{row}"],
+                                        label=f"LoRA {row + 1}", allow_custom_value=True, scale=1)))
                                 field(f"lora_weight_{row}", gr.Slider(
                                     settings.default_loras_min_weight, settings.default_loras_max_weight,
-                                    value=values[f"lora_weight_{row}"], step=0.01, label="Weight", scale=2,
-                                    min_width=120))
+                                    value=values[f"lora_weight_{row}"], step=0.01, label=f"LoRA {row + 1} Weight"))
                         refresh = gr.Button("Refresh files", size="sm")
                     with gr.Tab("Advanced", elem_id="foci-tab-advanced"):
                         self._controls_at("advanced", values, locked=initial.locked)

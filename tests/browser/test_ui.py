@@ -431,6 +431,23 @@ def test_stop_stays_in_view_at_1280_by_800_while_generating(browser: Any, live_u
 
 
 @needs_chromium
+def test_lora_rows_show_whole_labels_and_names(page: Any) -> None:
+    _open_advanced(page)
+    page.get_by_role("tab", name="Models").click()
+    enable = page.locator("#foci-right label:has(input[type=checkbox])", has_text="Enable").first
+    enable.wait_for(state="visible")
+    # the whole label shows ("Enable", not "Ena"), the name box has room for a file name, the row fits the column
+    text = enable.locator("span", has_text="Enable").first
+    assert text.evaluate("span => span.scrollWidth <= span.clientWidth + 1 && span.clientWidth > 0")
+    text_box, column = text.bounding_box(), page.locator("#foci-right").bounding_box()
+    assert text_box is not None and column is not None and text_box["width"] >= 40, text_box
+    name = page.get_by_label("LoRA 1").first.bounding_box()
+    assert name is not None and name["width"] >= 200, name
+    weight = page.get_by_label("LoRA 1 Weight").first.bounding_box()
+    assert weight is not None and weight["x"] + weight["width"] <= column["x"] + column["width"] + 1, (weight, column)
+
+
+@needs_chromium
 def test_the_preset_dropdown_shows_the_active_preset_on_first_load(page: Any) -> None:
     _open_advanced(page)
     assert page.locator("#foci-preset input").input_value() == "default"
