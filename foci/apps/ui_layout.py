@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import gradio as gr
@@ -14,8 +15,9 @@ from foci.apps.ui_history import HISTORY_PATH
 from foci.fields import FieldFacts, task_fields
 from foci.records.metadata import DEFAULT_VAE_LABEL, NO_MODEL_LABEL
 from foci.settings.aspect_ratios import aspect_label
-from foci.settings.config import available_presets
+from foci.settings.config import FociSettings, available_presets
 from foci.settings.performance import Performance
+from foci.task import GenerationTask
 
 if TYPE_CHECKING:
     from foci.apps.webui import FociUI
@@ -45,7 +47,17 @@ class FociBlocks(gr.Blocks):
 
 class FociLayout:
     """Lays out every control (:meth:`build`) and wires the events to the handlers of
-    :class:`~foci.apps.webui.FociUI`, which this is a mixin of."""
+    :class:`~foci.apps.webui.FociUI`, which this is a mixin of (the attributes below are the UI's)."""
+
+    settings: FociSettings
+    default_task: GenerationTask
+    lora_rows: int
+    title: str
+    preset: str | None
+    root: Path
+    random_by_default: bool
+    _fields: _Field
+    _input: dict[str, Any]
 
     def build(self) -> FociBlocks:
         """Lay out every control and wire the events."""
