@@ -54,7 +54,8 @@ class FakeEngine:
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[Any], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True,
-                 on_download: Callable[[Any], None] | None = None) -> list[SimpleNamespace]:
+                 on_download: Callable[[Any], None] | None = None,
+                 on_image: Callable[[Any], None] | None = None) -> list[SimpleNamespace]:
         self._hold(task)
         seeds = task.image_seeds()
         results = []
@@ -76,6 +77,8 @@ class FakeEngine:
             if action == "skip":
                 continue
             results.append(self._save(seed))
+            if on_image is not None:
+                on_image(results[-1])
         return results
 
     def _hold(self, task: GenerationTask) -> None:

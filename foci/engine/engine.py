@@ -324,19 +324,20 @@ class Engine:
     # ------------------------------------------------------------------------------------ generation
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, debug_dump: Path | None = None,
-                 save: bool = True, on_download: Callable[[DownloadProgress], None] | None = None
-                 ) -> list[GeneratedImage]:
+                 save: bool = True, on_download: Callable[[DownloadProgress], None] | None = None,
+                 on_image: Callable[[GeneratedImage], None] | None = None) -> list[GeneratedImage]:
         """Run one task: ``image_number`` images with seeds seed, seed+1, … (§2.23).
 
         ``interrupt()`` is polled every step; returning ``"skip"`` abandons the current image, ``"stop"`` the
         whole task. ``debug_dump`` writes the tensors a bug report needs (see README). ``on_download`` gets the
-        progress of every model file the task downloads.
+        progress of every model file the task downloads; ``on_image`` each sampled image as soon as it is done
+        (and saved), before the next one starts.
         """
         if on_download is not None and self._download_listener is None:
             self._download_listener = on_download
             try:
                 return self.generate(task, on_progress=on_progress, interrupt=interrupt, debug_dump=debug_dump,
-                                     save=save)
+                                     save=save, on_image=on_image)
             finally:
                 self._download_listener = None
         plan = self.plan(task)
@@ -383,6 +384,8 @@ class Engine:
                         continue
                     break
                 results.append(result)
+                if on_image is not None:
+                    on_image(result)
         return results
 
     def _direct_result(self, task: GenerationTask, picture: Image.Image, plan: DevicePlan,

@@ -16,7 +16,8 @@ wait at most that many seconds for a worker that holds its models.
 For each job it publishes ``started``, then ``progress`` (while a model file downloads: its bytes, speed and ETA
 in ``progress.download``, at most every ``progress_interval`` seconds; then every step, with an ETA and, at most
 every ``preview_interval`` seconds, a base64 PNG preview), ``skipped`` when an image is abandoned, one ``image`` per
-finished image and finally ``done``, ``failed`` or ``cancelled``. The webhook callable, if any, gets the final job.
+finished image (as soon as it is saved, from an engine that reports it through ``on_image``; else at the end) and
+finally ``done``, ``failed`` or ``cancelled``. The webhook callable, if any, gets the final job.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,7 +56,8 @@ class EngineLike(Protocol):
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True,
-                 on_download: Callable[[DownloadProgress], None] | None = None) -> list[Any]: ...
+                 on_download: Callable[[DownloadProgress], None] | None = None,
+                 on_image: Callable[[Any], None] | None = None) -> list[Any]: ...
 
 
 @dataclass
@@ -77,6 +79,7 @@ class _Run:
     cancelled: bool = False
     shutdown: bool = False
     lost: bool = False  # the lease ran out: another worker may run the job now
+    published: set[str] = field(default_factory=set)  # paths of the images already sent as ``image`` events
     step_at: float | None = None
     download_at: float = -math.inf
 
@@ -271,7 +274,8 @@ class Worker:
             try:
                 results = self.engine.generate(job.task, on_progress=partial(self._on_progress, run),
                                                interrupt=partial(self._interrupt, run), save=True,
-                                               on_download=partial(self._on_download, run))
+                                               on_download=partial(self._on_download, run),
+                                               on_image=partial(self._on_image, run))
             except Exception as error:  # noqa: BLE001 - any failure of a task ends that job, never the worker
                 if run.lost:
                     return self._abandon(job)
@@ -290,8 +294,9 @@ class Worker:
                                                                    worker=self._owner))
                 if final is None:
                     return self._abandon(job)
-                for image in images:
-                    self._publish(JobEvent.for_job(job, "image", image=image))
+                for image in images:  # those an engine did not report as they finished
+                    if image.path not in run.published:
+                        self._publish(JobEvent.for_job(job, "image", image=image))
             if final is None:
                 return self._abandon(job)
             with self._lock:
@@ -420,6 +425,18 @@ class Worker:
             run.preview_at = now
             preview = self._preview(event)
         self._publish(JobEvent.for_job(run.job, "progress", progress=progress, preview_png=preview))
+
+    def _on_image(self, run: _Run, result: Any) -> None:
+        """An image is done (saved): its ``image`` event now, so a viewer shows it while the next one samples."""
+        if run.cancelled or run.shutdown or run.lost:
+            return
+        try:
+            image = self._job_image(result)
+        except Exception:  # noqa: BLE001 - a reporting problem must not fail the job; it is reported at the end
+            _log.warning("image event for job %s failed", run.job.id, exc_info=True)
+            return
+        run.published.add(image.path)
+        self._publish(JobEvent.for_job(run.job, "image", image=image))
 
     def _on_download(self, run: _Run, event: DownloadProgress) -> None:
         """A model file the job needs is downloading: a ``progress`` event with ``download`` set (throttled)."""

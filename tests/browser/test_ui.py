@@ -11,6 +11,7 @@ import shutil
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,12 +371,80 @@ def test_generate_forever_until_stop(page: Any, live_ui: LiveUI) -> None:
         return [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
 
     _wait_for(lambda: sum(job.state is JobState.DONE for job in jobs()) >= 2, message="two finished jobs")
+    # the gallery keeps the earlier runs' images (one per run here) instead of starting empty each run
+    _wait_for(lambda: page.locator("#foci-gallery img").count() >= 2, 30, "two runs' images in the gallery")
     page.locator("#foci-stop").click()
     page.locator("#foci-generate").wait_for(state="visible")
     time.sleep(0.5)  # nothing new may be submitted after Stop
     ended = jobs()
     assert all(job.state.final for job in ended), [job.state for job in ended]
     assert len({job.task.seed for job in ended}) == len(ended)  # a fresh random seed each round
+
+
+def _slow_steps(page: Any, steps: int) -> None:
+    """Force ``steps`` sampling steps (Developer options), so a job lasts long enough to watch."""
+    _open_advanced(page)
+    page.get_by_role("tab", name="Advanced").click()
+    page.locator("#foci-developer input[type=checkbox]").check()
+    page.get_by_role("tab", name="Overrides").click()
+    page.locator("#foci-overwrite-step input").fill(str(steps))
+
+
+@needs_chromium
+def test_each_finished_image_shows_while_the_next_samples(page: Any, live_ui: LiveUI) -> None:
+    prompt = "two pictures, shown one by one"
+    _open_advanced(page)
+    page.locator("#foci-image-number input[type=number]").fill("2")
+    page.locator("#foci-image-number input[type=number]").press("Enter")
+    _slow_steps(page, 60)
+    page.locator("#foci-prompt textarea").fill(prompt)
+    page.locator("#foci-generate").click()
+    page.locator("#foci-gallery img").first.wait_for(state="visible")
+    (job,) = [job for job in live_ui.store.list(limit=1000) if job.task.prompt == prompt]
+    assert live_ui.store.get(job.id).state is JobState.RUNNING  # image 2 still sampling
+    assert "image 2/2" in _progress_text(page)
+    page.get_by_text("Finished: 2 images").first.wait_for()
+    assert page.locator("#foci-gallery img").count() >= 2
+
+
+@needs_chromium
+def test_stop_stays_in_view_at_1280_by_800_while_generating(browser: Any, live_ui: LiveUI) -> None:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        page.goto(live_ui.url + "/")
+        page.locator("#foci-generate").wait_for(state="visible")
+        _slow_steps(page, 60)
+        page.locator("#foci-advanced input[type=checkbox]").uncheck()  # the default layout
+        page.locator("#foci-prompt textarea").fill("a slow picture in a small window")
+        page.locator("#foci-generate").click()
+        page.locator("#foci-preview img").first.wait_for(state="visible")  # the live preview is in the layout
+        page.evaluate("() => window.scrollTo(0, 0)")
+        box = page.locator("#foci-stop").bounding_box()
+        assert box is not None and box["y"] >= 0 and box["y"] + box["height"] <= 800, box
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, box
+        page.locator("#foci-stop").click()
+        page.get_by_text("Stopped").first.wait_for()
+    finally:
+        context.close()
+
+
+@needs_chromium
+def test_lora_rows_show_whole_labels_and_names(page: Any) -> None:
+    _open_advanced(page)
+    page.get_by_role("tab", name="Models").click()
+    enable = page.locator("#foci-right label:has(input[type=checkbox])", has_text="Enable").first
+    enable.wait_for(state="visible")
+    # the whole label shows ("Enable", not "Ena"), the name box has room for a file name, the row fits the column
+    text = enable.locator("span", has_text="Enable").first
+    assert text.evaluate("span => span.scrollWidth <= span.clientWidth + 1 && span.clientWidth > 0")
+    text_box, column = text.bounding_box(), page.locator("#foci-right").bounding_box()
+    assert text_box is not None and column is not None and text_box["width"] >= 40, text_box
+    name = page.get_by_label("LoRA 1").first.bounding_box()
+    assert name is not None and name["width"] >= 200, name
+    weight = page.get_by_label("LoRA 1 Weight").first.bounding_box()
+    assert weight is not None and weight["x"] + weight["width"] <= column["x"] + column["width"] + 1, (weight, column)
 
 
 @needs_chromium
@@ -404,6 +473,36 @@ def test_skip_abandons_the_current_image(page: Any, live_ui: LiveUI) -> None:
     # the image being sampled when Skip lands is dropped: normally image 1; on a very busy machine image 1 may
     # already be done, and then image 2 is the skipped one
     assert job.images[0].seed in (job.task.seed, job.task.seed + 1)
+
+
+def test_a_failed_job_shows_its_error_once_on_the_progress_line(tmp_path: Path, tiny_checkpoint: Path,
+                                                                engine: Engine) -> None:
+    store = JobStore(tmp_path / "jobs.sqlite3")
+    blocks = build_ui(store=store, bus=EventBus(), worker=None, engine=engine, settings=FociSettings(),
+                      output_dir=engine.output_dir, defaults=_defaults(tiny_checkpoint), root=tmp_path)
+    job = store.submit(GenerationTask(prompt="a doomed picture", **_defaults(tiny_checkpoint)))
+    store.claim_next(worker="w")
+    failed = store.fail(job.id, "the model file is damaged", worker="w")
+    shown = [JobImage(path="earlier.png", seed=1, width=64, height=64)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a gr.Warning pop-up (outside an event: a UserWarning) would cover the line
+        preview, progress, gallery, *_ = blocks.controller._finished(failed, shown)
+    assert "Failed: the model file is damaged" in progress and "foci-failed" in progress
+    assert [caption for _, caption in gallery] == ["seed 1"]  # the images shown so far stay
+
+
+def test_the_aspect_ratios_heading_names_the_current_size(tmp_path: Path, tiny_checkpoint: Path,
+                                                          engine: Engine) -> None:
+    from foci.apps.ui_layout import aspect_heading
+
+    blocks = build_ui(store=JobStore(tmp_path / "jobs.sqlite3"), bus=EventBus(), worker=None, engine=engine,
+                      settings=FociSettings(), output_dir=engine.output_dir, defaults=_defaults(tiny_checkpoint),
+                      root=tmp_path)
+    import gradio as gr
+
+    labels = [block.label for block in blocks.blocks.values() if isinstance(block, gr.Accordion)]
+    assert "Aspect Ratios: 64×64 (1:1)" in labels
+    assert aspect_heading("1152*896") == "Aspect Ratios: 1152×896 (9:7)"
 
 
 def test_preset_switch_fills_the_controls(tmp_path: Path, tiny_checkpoint: Path, engine: Engine) -> None:

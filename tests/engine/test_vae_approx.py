@@ -256,7 +256,8 @@ class LatentEngine:
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True,
-                 on_download: Callable[[object], None] | None = None) -> list[SimpleNamespace]:
+                 on_download: Callable[[object], None] | None = None,
+                 on_image: Callable[[object], None] | None = None) -> list[SimpleNamespace]:
         for step in (1, 2):
             if on_progress is not None:
                 on_progress(ProgressEvent(0, 1, step, 2, 50.0 * step, latent(8, 8, seed=step)))

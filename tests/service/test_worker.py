@@ -71,7 +71,8 @@ class FakeEngine:
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True,
-                 on_download: Callable[[object], None] | None = None) -> list[SimpleNamespace]:
+                 on_download: Callable[[object], None] | None = None,
+                 on_image: Callable[[object], None] | None = None) -> list[SimpleNamespace]:
         with self._lock:
             self.prompts.append(task.prompt)
         if task.prompt.startswith("explode"):
@@ -100,6 +101,8 @@ class FakeEngine:
             picture = Image.new("RGB", (64, 64), (seed % 256, 0, 0))
             picture.save(path)
             results.append(SimpleNamespace(path=path, seed=seed, image=picture))
+            if on_image is not None:
+                on_image(results[-1])
         return results
 
 
@@ -114,7 +117,8 @@ class GatedEngine:
 
     def generate(self, task: GenerationTask, *, on_progress: Callable[[ProgressEvent], None] | None = None,
                  interrupt: Callable[[], str | None] | None = None, save: bool = True,
-                 on_download: Callable[[object], None] | None = None) -> list:
+                 on_download: Callable[[object], None] | None = None,
+                 on_image: Callable[[object], None] | None = None) -> list:
         def progress(event: ProgressEvent) -> None:
             if on_progress is not None:
                 on_progress(event)
@@ -122,7 +126,7 @@ class GatedEngine:
                 self.reached.set()
                 self.gate.wait(20)
 
-        return self.inner.generate(task, on_progress=progress, interrupt=interrupt, save=save)
+        return self.inner.generate(task, on_progress=progress, interrupt=interrupt, save=save, on_image=on_image)
 
 
 @pytest.fixture
@@ -146,7 +150,8 @@ def test_worker_runs_a_job_with_events_previews_and_webhook(engine: Engine, tiny
             worker.stop()
     assert not worker.alive
     kinds = [event.kind for event in received]
-    assert kinds == ["started"] + ["progress"] * 6 + ["image", "image", "done"]
+    # each image's event comes as soon as it is saved, before the next image's steps
+    assert kinds == ["started"] + ["progress"] * 3 + ["image"] + ["progress"] * 3 + ["image", "done"]
     steps = [(e.progress.image_index, e.progress.step, e.progress.total_steps) for e in received if e.progress]
     assert steps[:6] == [(0, 1, 3), (0, 2, 3), (0, 3, 3), (1, 1, 3), (1, 2, 3), (1, 3, 3)]
     progress_events = [event for event in received if event.kind == "progress"]
