@@ -128,6 +128,14 @@ def test_debug_inpaint_returns_fill_mask_and_crop(engine: Engine, picture: np.nd
     assert np.array_equal(fill[crop_mask == 0], crop[crop_mask == 0])
 
 
+def test_a_full_mask_repaints_the_whole_image(engine: Engine, picture: np.ndarray) -> None:
+    full = engine.inputs.put_bytes(_png(np.full((HEIGHT, WIDTH), 255, dtype=np.uint8)))
+    fill, crop_mask, crop = (np.asarray(r.image) for r in engine.generate(
+        _task(engine, picture, inpaint_mask=full, debug_inpaint=True), save=False))
+    assert crop_mask.min() == 255 and crop.shape[:2] == crop_mask.shape  # the crop is the whole image
+    assert crop.shape == (896, 1152, 3)  # the whole 128×96 image at shape ceil 1024
+
+
 def test_an_empty_mask_is_one_clear_error(engine: Engine, picture: np.ndarray) -> None:
     empty = engine.inputs.put_bytes(_png(np.zeros((HEIGHT, WIDTH), dtype=np.uint8)))
     with pytest.raises(GenerationError, match="inpaint mask is empty"):
