@@ -304,6 +304,11 @@ class GenerationTask(BaseModel):
     invert_mask: bool = field(
         False, cli=Cli("--invert-mask", help="repaint the black part of the mask instead", action="flag"),
         fooocus=Meta("invert_mask", omit_if_default=True), a1111=Meta("Invert mask", omit_if_default=True))
+    upscale_model: Name = field(
+        "fooocus_upscaler_s409985e5.bin",
+        description="super-resolution model in the upscale_models folder (Upscale, and small inpaint crops)",
+        cli=Cli("--upscale-model", help="upscaler file in models/upscale_models (default: Fooocus's ESRGAN)"),
+        fooocus=Meta("upscale_model", omit_if_default=True), a1111=Meta("Upscaler", omit_if_default=True))
     overwrite_vary_strength: float = field(
         -1.0, ge=-1.0, le=1.0, description="-1: Vary's own denoise (0.5 subtle, 0.85 strong)",
         ui=Control("slider", "Forced Overwrite of Denoising Strength of \"Vary\"", place="overrides", step=0.001,

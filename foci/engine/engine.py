@@ -414,9 +414,10 @@ class Engine:
         except ImageInputError as error:
             raise GenerationError(str(error)) from None
 
-    def upscaler(self, plan: DevicePlan) -> Upscaler:
-        """Fooocus's ESRGAN upscaler (downloaded when missing), loaded once on the task's device."""
-        path = self.resolve("upscale_models", UPSCALER_FILE, "upscaler")
+    def upscaler(self, plan: DevicePlan, name: str = UPSCALER_FILE) -> Upscaler:
+        """The upscaler ``name`` in the upscale_models folders (default Fooocus's ESRGAN, downloaded when missing),
+        loaded once on the task's device."""
+        path = self.resolve("upscale_models", name, "upscaler")
         key = (path.resolve(), plan.device, plan.vae_dtype)
         if self._upscaler is None or self._upscaler[0] != key:
             dtype = torch.float32 if plan.device.type == "cpu" else plan.vae_dtype

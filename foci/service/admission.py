@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from foci.text.styles import StyleLibrary
 
 # task field -> model kind (folder) it names
-MODEL_FIELDS: dict[str, str] = {"base_model": "checkpoints", "refiner_model": "checkpoints", "vae": "vae"}
+MODEL_FIELDS: dict[str, str] = {"base_model": "checkpoints", "refiner_model": "checkpoints", "vae": "vae",
+                               "upscale_model": "upscale_models"}
 INPUT_IMAGE_FIELDS = ("input_image", "inpaint_mask")  # task fields that name a file of the input store by hash
 
 

@@ -260,3 +260,19 @@ def test_outpaint_padding_matches_the_picture_size() -> None:
     image = np.zeros((HEIGHT, WIDTH, 3), dtype=np.uint8)
     padded, padded_mask = outpaint(image, np.zeros((HEIGHT, WIDTH), dtype=np.uint8), ["left", "top"])
     assert padded.shape[:2] == padded_mask.shape == (HEIGHT + 28, WIDTH + 38)
+
+
+def test_another_esrgan_file_in_the_upscale_folder_can_be_chosen(engine: Engine, models: Path,
+                                                                  picture: np.ndarray) -> None:
+    from foci.dev.make_models import write_tiny_upscaler
+
+    write_tiny_upscaler(models / "upscale_models" / "my-esrgan.pth", seed=5)
+    task = _task(engine, picture, uov_method="Upscale (Fast 2x)", upscale_model="my-esrgan.pth")
+    (result,) = engine.generate(task, save=False)
+    default = engine.generate(task.model_copy(update={"upscale_model": "fooocus_upscaler_s409985e5.bin"}),
+                              save=False)[0]
+    assert result.image.size == default.image.size == (1152, 896)
+    assert not np.array_equal(np.asarray(result.image), np.asarray(default.image))  # other weights
+    assert result.record.task.upscale_model == "my-esrgan.pth"
+    with pytest.raises(GenerationError, match="upscaler 'missing.pth' not found"):
+        engine.generate(task.model_copy(update={"upscale_model": "missing.pth"}), save=False)

@@ -185,7 +185,8 @@ def test_the_api_takes_model_names_inside_the_folders_only(tmp_path: Path) -> No
     with run_service(tmp_path, stub) as running, httpx.Client(base_url=running.url, timeout=30) as client:
         for name in OUTSIDE_NAMES:
             for fields, where in [({"base_model": name}, "base_model"), ({"refiner_model": name}, "refiner_model"),
-                                  ({"vae": name}, "vae"), ({"loras": [{"name": name}]}, "loras.0.name")]:
+                                  ({"vae": name}, "vae"), ({"loras": [{"name": name}]}, "loras.0.name"),
+                                  ({"upscale_model": name}, "upscale_model")]:
                 response = client.post("/v1/jobs", json={"task": fields})
                 assert response.status_code == 422, (fields, response.text)
                 assert f"task.{where}" in response.json()["detail"] or where in response.json()["detail"]

@@ -92,7 +92,7 @@ def inpaint_crop(task: GenerationTask, engine: Engine, plan: DevicePlan, image: 
     """The crop the sampler works on (§2.12 3–5); the ESRGAN is loaded only when the crop is small."""
     return prepare_inpaint_crop(image, mask, field=task.effective_respective_field,
                                 use_fill=task.effective_inpaint_strength > 0.99,
-                                upscale=lambda crop: engine.upscaler(plan).upscale(crop))
+                                upscale=lambda crop: engine.upscaler(plan, task.upscale_model).upscale(crop))
 
 
 class InpaintHeadPatch(UnetPatch):

@@ -38,7 +38,7 @@ def upscaled_input(task: GenerationTask, engine: Engine, plan: DevicePlan) -> tu
     """The input image super-resolved and resized by the Upscale rules, and whether it is the result itself."""
     image = engine.input_rgb(task.input_image)
     rules = plan_upscale(image.shape[0], image.shape[1], task.uov_method)
-    resized = resize_upscaled(engine.upscaler(plan).upscale(image), rules)
+    resized = resize_upscaled(engine.upscaler(plan, task.upscale_model).upscale(image), rules)
     return resized, rules.direct_return
 
 
