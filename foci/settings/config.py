@@ -11,6 +11,9 @@ Precedence for every key, highest first:
 4. ``presets/default.json`` (user copy first, then the shipped one);
 5. the built-in fallback (the field defaults of :class:`FociSettings`, which are Fooocus's code fallbacks).
 
+One module on purpose: a single settings model whose fields are Fooocus's config keys, and the loader that
+applies the precedence above; splitting it would separate each key from its validation.
+
 A value that is invalid for its key (wrong type, out of range, unknown sampler, …) gives a warning naming the key,
 the value and the source, and the next source is tried. Relative ``path_*`` values resolve against ``root``.
 """
