@@ -406,6 +406,14 @@ class Engine:
         except ImageInputError as error:
             raise GenerationError(str(error)) from None
 
+    def input_size(self, digest: str) -> tuple[int, int]:
+        """(width, height) of an input image from its header, without decoding it."""
+        try:
+            with self.inputs.open(digest) as image:
+                return image.size
+        except ImageInputError as error:
+            raise GenerationError(str(error)) from None
+
     def input_mask(self, digest: str) -> np.ndarray:
         """A mask image from the store as ``(H, W, 3)`` uint8 (see :func:`foci.imaging.masks.mask_image_to_rgb`)."""
         try:

@@ -34,12 +34,10 @@ def _is_upscale(task: GenerationTask) -> bool:
     return task.uov_method.startswith("Upscale")
 
 
-def upscaled_input(task: GenerationTask, engine: Engine, plan: DevicePlan) -> tuple[np.ndarray, bool]:
-    """The input image super-resolved and resized by the Upscale rules, and whether it is the result itself."""
-    image = engine.input_rgb(task.input_image)
+def upscaled(image: np.ndarray, task: GenerationTask, engine: Engine, plan: DevicePlan) -> np.ndarray:
+    """``image`` super-resolved by the task's upscaler and resized by the Upscale rules (§2.13)."""
     rules = plan_upscale(image.shape[0], image.shape[1], task.uov_method)
-    resized = resize_upscaled(engine.upscaler(plan, task.upscale_model).upscale(image), rules)
-    return resized, rules.direct_return
+    return resize_upscaled(engine.upscaler(plan, task.upscale_model).upscale(image), rules)
 
 
 def to_pixels(image: np.ndarray) -> torch.Tensor:
@@ -72,20 +70,17 @@ class UpscaleOrVaryFeature(Feature):
     def direct_pictures(cls, task: GenerationTask, engine: Engine, plan: DevicePlan) -> list[Image.Image] | None:
         if not _is_upscale(task):
             return None
-        image = engine.input_rgb(task.input_image)
-        if not plan_upscale(image.shape[0], image.shape[1], task.uov_method).direct_return:
+        width, height = engine.input_size(task.input_image)  # the header is enough to decide (shape ceil)
+        if not plan_upscale(height, width, task.uov_method).direct_return:
             return None
-        resized, _ = upscaled_input(task, engine, plan)
-        return [Image.fromarray(resized)]
+        return [Image.fromarray(upscaled(engine.input_rgb(task.input_image), task, engine, plan))]
 
     @classmethod
     def prepare_task(cls, run: TaskRun, engine: Engine) -> EncodedInput:
         task, plan = run.task, run.plan
         tiled = _is_upscale(task)
-        if tiled:
-            image, _ = upscaled_input(task, engine, plan)
-        else:
-            image = vary_image(engine.input_rgb(task.input_image))
+        image = engine.input_rgb(task.input_image)
+        image = upscaled(image, task, engine, plan) if tiled else vary_image(image)
         pixels = vae_encode_crop(to_pixels(image))
         engine.place(plan, [run.base.components.vae])
         latent = encode_pixels(run.base, pixels, plan, tiled=tiled)
