@@ -180,9 +180,8 @@ def _progress_text(page: Any) -> str:
     return page.locator("#foci-progress .foci-progress-text").inner_text()
 
 
-@needs_chromium
-def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
-    # Record every progress line the page shows (steps can pass faster than a poll would notice).
+def _record_progress_texts(page: Any) -> None:
+    """Collect every progress line the page shows in ``window.fociTexts`` (steps can pass faster than a poll)."""
     page.evaluate("""() => {
         window.fociTexts = [];
         new MutationObserver(() => {
@@ -190,6 +189,12 @@ def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, 
             if (text) window.fociTexts.push(text.textContent);
         }).observe(document.body, {subtree: true, childList: true, characterData: true});
     }""")
+
+
+@needs_chromium
+def test_generate_streams_progress_into_the_gallery(page: Any, live_ui: LiveUI, tmp_path: Path) -> None:
+    # Record every progress line the page shows (steps can pass faster than a poll would notice).
+    _record_progress_texts(page)
     page.locator("#foci-prompt textarea").fill("a red apple on a table")
     page.locator("#foci-generate").click()
     page.locator("#foci-gallery img").first.wait_for(state="visible")
@@ -659,13 +664,7 @@ def test_progress_shows_a_model_download(browser: Any, tiny_checkpoint: Path, tm
             tab = context.new_page()
             tab.goto(f"http://127.0.0.1:{port}/")
             tab.locator("#foci-generate").wait_for(state="visible")
-            tab.evaluate("""() => {
-                window.fociTexts = [];
-                new MutationObserver(() => {
-                    const text = document.querySelector('#foci-progress .foci-progress-text');
-                    if (text) window.fociTexts.push(text.textContent);
-                }).observe(document.body, {subtree: true, childList: true, characterData: true});
-            }""")
+            _record_progress_texts(tab)
             tab.locator("#foci-prompt textarea").fill("a downloaded cat")
             tab.locator("#foci-generate").click()
             shown = tab.get_by_text(f"Downloading {name} … ").first

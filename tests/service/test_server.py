@@ -86,12 +86,7 @@ def test_foci_with_empty_models_downloads_the_default_preset_then_generates(tiny
              "--precision", "fp32", "--device", "cpu"],
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            deadline = time.monotonic() + 120
-            banner = ""
-            while time.monotonic() < deadline and "running at" not in banner:
-                line = process.stdout.readline()
-                assert line or process.poll() is None, banner
-                banner += line
+            banner = _read_banner(process)
             assert f"running at {base}/" in banner
             assert sorted(r.path for r in mirror.requests) == sorted(served)  # exactly the preset's files
             assert DEFAULT_MODEL in banner  # download progress was shown
@@ -123,11 +118,7 @@ def test_foci_with_empty_models_downloads_the_default_preset_then_generates(tiny
             assert status == 200 and len(json.loads(meta)) == 1
             assert (tmp_path / "jobs.sqlite3").is_file()  # the queue persists next to the app
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
 
 
 def _serve_until_banner(tmp_path: Path, argv: list[str], env: dict[str, str]) -> str:
@@ -136,19 +127,28 @@ def _serve_until_banner(tmp_path: Path, argv: list[str], env: dict[str, str]) ->
     process = subprocess.Popen([sys.executable, "-m", "foci.apps.cli", "--no-browser", "--port", str(port), *argv],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        banner = ""
-        while time.monotonic() < deadline and "running at" not in banner:
-            line = process.stdout.readline()
-            assert line or process.poll() is None, banner
-            banner += line
-        return banner
+        return _read_banner(process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        _stop(process)
+
+
+def _read_banner(process: subprocess.Popen, seconds: float = 120) -> str:
+    """The server's output up to its "running at" banner (asserting it does not exit before)."""
+    deadline = time.monotonic() + seconds
+    banner = ""
+    while time.monotonic() < deadline and "running at" not in banner:
+        line = process.stdout.readline()
+        assert line or process.poll() is None, banner
+        banner += line
+    return banner
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def test_start_fetches_every_file_it_can_and_reports_all_failures_at_once(tiny_checkpoint: Path,
