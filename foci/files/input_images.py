@@ -69,11 +69,12 @@ class InputImageStore:
         self.folder = Path(folder)
 
     def put_bytes(self, data: bytes, *, what: str = "the image") -> str:
-        """Keep ``data`` (checked with :func:`check_image_bytes`) and return its hash; storing twice is a no-op."""
-        image_format = check_image_bytes(data, what=what)
+        """Keep ``data`` (checked with :func:`check_image_bytes`) and return its hash; storing twice is a no-op
+        (the stored copy was checked when it came)."""
         digest = image_digest(data)
         if self.find(digest) is not None:
             return digest
+        image_format = check_image_bytes(data, what=what)
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{digest}{_SUFFIXES.get(image_format, '.img')}"
         handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".upload-")
